@@ -1,0 +1,116 @@
+"""The aiohttp application: factory, error middleware, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from service import routes, storage
+from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WORKER
+from service.engines import create_engine
+from service.engines.base import Engine
+from service.errors import ServiceError
+from service.journal import Journal
+from service.settings import Settings
+from service.storage import Layout
+from service.worker import Worker
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for the running decode to reach a window boundary.
+STOP_GRACE_SECONDS = 30.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as JSON {"error": ...} with a fitting status code."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = None
+        if exc.status == 404:
+            message = f"No such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+            headers = {"Allow": exc.headers.get("Allow", "")}
+        elif exc.status == 413:
+            message = "The request body is too large."
+        else:
+            message = exc.reason
+        return error_response(exc.status, message, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal error in the service; its log has the details.")
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Storage lock, journal, crash recovery and worker: set up and torn down as one."""
+    settings, layout, journal, worker = app[SETTINGS], app[LAYOUT], app[JOURNAL], app[WORKER]
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, layout.create)
+    lock = storage.lock_storage(layout)
+    worker_task: asyncio.Task[None] | None = None
+    try:
+        await journal.open()
+        requeued, failed = await journal.recover_interrupted(settings.max_attempts)
+        if requeued:
+            log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        if failed:
+            log.warning("failed %d job(s) past the attempt limit: %s", len(failed), ", ".join(failed))
+        referenced = await journal.audio_files()
+        removed = await loop.run_in_executor(None, storage.clean_start, layout, referenced)
+        if removed:
+            log.info("removed %d leftover file(s) from interrupted uploads", removed)
+        worker_task = asyncio.create_task(worker.run(), name="worker")
+        yield
+    finally:
+        if worker_task is not None:
+            await worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(worker_task), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("the running job did not stop in time; it is requeued at next start")
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+        await loop.run_in_executor(None, worker.close)
+        await journal.close()
+        lock.close()
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """Build the application; nothing touches disk or loads a model until it starts.
+
+    `engine` lets tests substitute a fake; by default the one named in settings is used.
+    """
+    layout = Layout(settings.storage_dir)
+    engine = engine if engine is not None else create_engine(settings)
+    journal = Journal(layout.journal)
+    app = web.Application(middlewares=[errors_middleware])
+    app[SETTINGS] = settings
+    app[LAYOUT] = layout
+    app[ENGINE] = engine
+    app[JOURNAL] = journal
+    app[WORKER] = Worker(settings, journal, layout, engine)
+    app[SUBMIT_LOCK] = asyncio.Lock()
+    app[STARTED_AT] = time.time()
+    app.cleanup_ctx.append(_service_ctx)
+    routes.setup_routes(app)
+    return app

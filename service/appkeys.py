@@ -1,0 +1,21 @@
+"""Typed keys for what the application shares with its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from service.engines.base import Engine
+from service.journal import Journal
+from service.settings import Settings
+from service.storage import Layout
+from service.worker import Worker
+
+SETTINGS = web.AppKey("settings", Settings)
+LAYOUT = web.AppKey("layout", Layout)
+JOURNAL = web.AppKey("journal", Journal)
+WORKER = web.AppKey("worker", Worker)
+ENGINE = web.AppKey("engine", Engine)
+SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
+STARTED_AT = web.AppKey("started_at", float)

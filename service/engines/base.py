@@ -1,0 +1,99 @@
+"""The engine seam: what the worker needs from a speech-to-text implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+ProgressCallback = Callable[[float], None]
+
+
+class JobInterrupted(Exception):
+    """Raised from the progress callback to stop a decode between windows (shutdown, cancel)."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    language: str | None = None
+    task: str = "transcribe"
+    beam_size: int = 5
+
+
+@dataclass
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "avg_logprob": self.avg_logprob,
+            "no_speech_prob": self.no_speech_prob,
+        }
+
+
+@dataclass
+class Result:
+    text: str
+    language: str | None
+    duration_s: float
+    segments: list[Segment] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration": round(self.duration_s, 3),
+            "segments": [segment.as_dict() for segment in self.segments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        return cls(
+            text=data["text"],
+            language=data.get("language"),
+            duration_s=float(data.get("duration", 0.0)),
+            segments=[
+                Segment(
+                    id=int(s["id"]),
+                    start=float(s["start"]),
+                    end=float(s["end"]),
+                    text=s["text"],
+                    avg_logprob=s.get("avg_logprob"),
+                    no_speech_prob=s.get("no_speech_prob"),
+                )
+                for s in data.get("segments", [])
+            ],
+        )
+
+
+class Engine(Protocol):
+    """Loads models and transcribes with them. Every method blocks: call from a worker thread."""
+
+    name: str
+    device: str
+
+    def check_model_name(self, name: str) -> None:
+        """Raise ModelUnavailable for a name this engine could never load (cheap, no I/O)."""
+
+    def is_english_only(self, name: str) -> bool: ...
+
+    def load(self, name: str) -> Any: ...
+
+    def transcribe(
+        self,
+        model: Any,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_progress: ProgressCallback,
+    ) -> Result: ...

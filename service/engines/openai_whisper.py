@@ -1,0 +1,162 @@
+"""openai-whisper on PyTorch.
+
+Progress comes from the window loop inside `whisper.transcribe`, which reports each decoded
+window to a tqdm bar. The module's `tqdm` is swapped, once, for a bar that forwards to a
+per-thread callback; the callback may raise `JobInterrupted` to stop between windows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from whisper.model import ModelDimensions, Whisper
+
+from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment
+from service.engines.bundled import bundled_ct2_dir
+from service.engines.ct2_import import ModelImportError, cached_import
+from service.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+_progress = threading.local()
+
+
+class _ForwardingBar:
+    """Stands in for tqdm.tqdm inside whisper.transcribe."""
+
+    def __init__(self, total: int | None = None, **_: Any) -> None:
+        self.total = total or 0
+        self.n = 0
+        self._callback: ProgressCallback | None = getattr(_progress, "callback", None)
+
+    def __enter__(self) -> _ForwardingBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._callback is not None and self.total > 0:
+            self._callback(min(1.0, self.n / self.total))
+
+
+class _TqdmModule:
+    tqdm = _ForwardingBar
+
+
+def _install_progress_hook() -> None:
+    # `whisper.transcribe` the attribute is the function; the module must be fetched by name.
+    module = importlib.import_module("whisper.transcribe")
+    module.tqdm = _TqdmModule  # type: ignore[attr-defined]
+
+
+class OpenAIWhisperEngine:
+    name = "openai-whisper"
+
+    def __init__(self, models_dir: Path, device: str = "auto") -> None:
+        self.models_dir = models_dir
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        _install_progress_hook()
+
+    # -- names ------------------------------------------------------------------------
+    def check_model_name(self, name: str) -> None:
+        if name in whisper.available_models():
+            return
+        if name.endswith(".pt") and os.path.isfile(name):
+            return
+        raise ModelUnavailable(
+            f"Unknown model {name!r}. Use one of: {', '.join(whisper.available_models())}, "
+            "or start the service with --model pointing at a .pt checkpoint."
+        )
+
+    def is_english_only(self, name: str) -> bool:
+        return name.endswith(".en") or Path(name).stem.endswith(".en")
+
+    # -- loading ----------------------------------------------------------------------
+    def load(self, name: str) -> Whisper:
+        ct2_dir = bundled_ct2_dir(name)
+        if ct2_dir is not None:
+            return self._load_imported(ct2_dir, name)
+        if name in whisper.available_models():
+            try:
+                return whisper.load_model(name, device=self.device, download_root=str(self.models_dir))
+            except (urllib.error.URLError, OSError, RuntimeError) as exc:
+                raise ModelUnavailable(
+                    f"Model {name!r} is not on this machine and could not be downloaded ({exc}). "
+                    f"Use the bundled tiny.en, or place the checkpoint in {self.models_dir}."
+                ) from exc
+        if os.path.isfile(name):
+            try:
+                return whisper.load_model(name, device=self.device)
+            except Exception as exc:
+                raise ModelUnavailable(f"Checkpoint {name} could not be loaded: {exc}") from exc
+        raise ModelUnavailable(f"Unknown model {name!r}.")
+
+    def _load_imported(self, ct2_dir: Path, name: str) -> Whisper:
+        try:
+            checkpoint_path = cached_import(ct2_dir, self.models_dir, name)
+        except ModelImportError as exc:
+            raise ModelUnavailable(f"The bundled model {name} could not be imported: {exc}") from exc
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        model = Whisper(ModelDimensions(**checkpoint["dims"]))
+        model.load_state_dict(checkpoint["model_state_dict"])
+        if "alignment_heads" in checkpoint:
+            model.set_alignment_heads(checkpoint["alignment_heads"].encode("ascii"))
+        return model.to(self.device)
+
+    # -- decoding ---------------------------------------------------------------------
+    def transcribe(
+        self,
+        model: Whisper,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_progress: ProgressCallback,
+    ) -> Result:
+        beam: dict[str, Any] = {}
+        if options.beam_size > 1:
+            beam = {"beam_size": options.beam_size, "best_of": options.beam_size}
+        language = options.language
+        if not model.is_multilingual:
+            language = "en"
+        _progress.callback = on_progress
+        try:
+            with torch.inference_mode():
+                raw = model.transcribe(
+                    torch.from_numpy(audio),
+                    language=language,
+                    task=options.task,
+                    fp16=self.device == "cuda",
+                    verbose=None,
+                    **beam,
+                )
+        finally:
+            _progress.callback = None
+        segments = [
+            Segment(
+                id=int(s["id"]),
+                start=float(s["start"]),
+                end=float(s["end"]),
+                text=str(s["text"]),
+                avg_logprob=float(s["avg_logprob"]),
+                no_speech_prob=float(s["no_speech_prob"]),
+            )
+            for s in raw["segments"]
+        ]
+        return Result(
+            text=str(raw["text"]).strip(),
+            language=raw.get("language"),
+            duration_s=len(audio) / whisper.audio.SAMPLE_RATE,
+            segments=segments,
+        )

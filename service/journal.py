@@ -1,0 +1,277 @@
+"""The journal: every job's state in SQLite (WAL), the one source of truth.
+
+One thread owns the connection; every call hops to it, so the event loop never waits on
+disk. Commits use `synchronous=FULL`: a job the API has acknowledged survives a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.jobs import Job, JobStatus, NewJob, Task
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    audio_file TEXT NOT NULL,
+    audio_sha256 TEXT NOT NULL,
+    audio_bytes INTEGER NOT NULL,
+    original_filename TEXT,
+    model TEXT NOT NULL,
+    language TEXT,
+    task TEXT NOT NULL,
+    callback_url TEXT,
+    duration_s REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+"""
+
+_COLUMNS = (
+    "job_id, seq, status, audio_file, audio_sha256, audio_bytes, original_filename, model, "
+    "language, task, callback_url, duration_s, progress, error, attempts, created_at, "
+    "started_at, completed_at"
+)
+
+
+def _row_to_job(row: tuple[Any, ...]) -> Job:
+    values = list(row)
+    values[2] = JobStatus(values[2])
+    values[9] = Task(values[9])
+    return Job(*values)
+
+
+class Journal:
+    """Async facade over the SQLite journal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing -----------------------------------------------------------------------
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise RuntimeError("journal is closed")
+        with self._conn:  # one transaction per call
+            return fn(self._conn)
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.isolation_level = "DEFERRED"
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._connect)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _close)
+        self._executor.shutdown(wait=True)
+
+    # -- reads --------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job | None:
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            return _row_to_job(row) if row else None
+
+        return await self._run(op)
+
+    async def queue_position(self, job: Job) -> int:
+        """1 for the job that runs next."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            (ahead,) = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq < ?",
+                (JobStatus.QUEUED.value, job.seq),
+            ).fetchone()
+            return int(ahead) + 1
+
+        return await self._run(op)
+
+    async def count(self, status: JobStatus) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)
+            ).fetchone()
+            return int(n)
+
+        return await self._run(op)
+
+    async def audio_files(self) -> set[str]:
+        def op(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute("SELECT audio_file FROM jobs")}
+
+        return await self._run(op)
+
+    async def active_jobs(self) -> list[Job]:
+        """Queued and processing jobs, in run order."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+                (JobStatus.QUEUED.value, JobStatus.PROCESSING.value),
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return await self._run(op)
+
+    # -- writes -------------------------------------------------------------------------
+    async def insert(self, new: NewJob) -> Job:
+        """Add a queued job. Raises sqlite3.IntegrityError if the id is taken."""
+
+        def op(conn: sqlite3.Connection) -> Job:
+            conn.execute(
+                "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, "
+                "original_filename, model, language, task, callback_url, duration_s, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.job_id,
+                    JobStatus.QUEUED.value,
+                    new.audio_file,
+                    new.audio_sha256,
+                    new.audio_bytes,
+                    new.original_filename,
+                    new.model,
+                    new.language,
+                    new.task.value,
+                    new.callback_url,
+                    new.duration_s,
+                    time.time(),
+                ),
+            )
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (new.job_id,)
+            ).fetchone()
+            return _row_to_job(row)
+
+        return await self._run(op)
+
+    async def claim_next(self) -> Job | None:
+        """Move the oldest queued job to processing and count the attempt."""
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "SELECT job_id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
+                (JobStatus.QUEUED.value,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, progress = 0, attempts = attempts + 1 "
+                "WHERE job_id = ?",
+                (JobStatus.PROCESSING.value, time.time(), row[0]),
+            )
+            claimed = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (row[0],)
+            ).fetchone()
+            return _row_to_job(claimed)
+
+        return await self._run(op)
+
+    async def set_progress(self, job_id: str, progress: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET progress = ? WHERE job_id = ? AND status = ?",
+                (progress, job_id, JobStatus.PROCESSING.value),
+            )
+
+        await self._run(op)
+
+    async def complete(self, job_id: str, language: str | None, duration_s: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status = ?, progress = 1, completed_at = ?, "
+                "language = COALESCE(?, language), duration_s = ?, error = NULL WHERE job_id = ?",
+                (JobStatus.COMPLETED.value, time.time(), language, duration_s, job_id),
+            )
+
+        await self._run(op)
+
+    async def fail(self, job_id: str, error: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
+                (JobStatus.FAILED.value, time.time(), error, job_id),
+            )
+
+        await self._run(op)
+
+    async def recover_interrupted(self, max_attempts: int) -> tuple[list[str], list[str]]:
+        """After a crash: jobs left `processing` go back to the queue, or fail past the limit.
+
+        Only safe while this process is the journal's sole user (the storage lock ensures it).
+        Returns (requeued ids, failed ids).
+        """
+
+        def op(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            rows = conn.execute(
+                "SELECT job_id, attempts FROM jobs WHERE status = ? ORDER BY seq",
+                (JobStatus.PROCESSING.value,),
+            ).fetchall()
+            requeued, failed = [], []
+            now = time.time()
+            for job_id, attempts in rows:
+                if attempts >= max_attempts:
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
+                        (
+                            JobStatus.FAILED.value,
+                            now,
+                            f"The worker crashed on this job {attempts} times; giving up. "
+                            "The audio may be malformed or too large for this machine.",
+                            job_id,
+                        ),
+                    )
+                    failed.append(job_id)
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL "
+                        "WHERE job_id = ?",
+                        (JobStatus.QUEUED.value, job_id),
+                    )
+                    requeued.append(job_id)
+            return requeued, failed
+
+        return await self._run(op)
+
+    async def release(self, job_id: str) -> None:
+        """Put an interrupted job back at its place in the queue without counting the attempt."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status = ?, progress = 0, started_at = NULL, "
+                "attempts = MAX(attempts - 1, 0) WHERE job_id = ? AND status = ?",
+                (JobStatus.QUEUED.value, job_id, JobStatus.PROCESSING.value),
+            )
+
+        await self._run(op)

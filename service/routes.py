@@ -1,0 +1,315 @@
+"""HTTP handlers: upload, status, download, health. Registered in one place (setup_routes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiofiles
+from aiohttp import BodyPartReader, web
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+from service import __version__, audio, formats, storage
+from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WORKER
+from service.errors import (
+    BadRequest,
+    InvalidAudio,
+    JobConflict,
+    JobNotFound,
+    TranscriptNotReady,
+    UploadTooLarge,
+)
+from service.jobs import JOB_ID_PATTERN, Job, JobStatus, NewJob, Task, iso_time
+from service.storage import ReceivedUpload
+
+# Form fields other than the file are short; anything longer is a client bug or abuse.
+MAX_FIELD_BYTES = 4096
+# Multipart framing (boundaries, part headers) on top of the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+_SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
+_TEXT_FIELDS = ("job_id", "model", "language", "task", "callback_url")
+
+
+@dataclass
+class _Form:
+    fields: dict[str, str]
+    upload: ReceivedUpload | None
+    filename: str | None
+
+
+async def _file_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(storage.UPLOAD_CHUNK_BYTES):
+        yield chunk
+
+
+async def _read_form(request: web.Request) -> _Form:
+    """Stream the multipart body: the file goes to tmp/, short fields into memory."""
+    settings = request.app[SETTINGS]
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest(
+            "Send multipart/form-data with the audio in a field named 'file' "
+            "(curl -F file=@audio.wav ...)."
+        )
+    limit = settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
+        raise UploadTooLarge(
+            f"The upload is larger than the limit of {limit // 1024**2} MiB; "
+            "split the audio or raise --max-upload-mb."
+        )
+    form = _Form(fields={}, upload=None, filename=None)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Nested multipart bodies are not supported.")
+            if part.name == "file":
+                if form.upload is not None:
+                    raise BadRequest("Send exactly one 'file' field.")
+                form.filename = part.filename
+                form.upload = await storage.receive_upload(
+                    _file_chunks(part), request.app[LAYOUT].tmp, limit
+                )
+            elif part.name in _TEXT_FIELDS:
+                raw = await part.read()
+                if len(raw) > MAX_FIELD_BYTES:
+                    raise BadRequest(f"Field {part.name!r} is too long.")
+                form.fields[part.name] = raw.decode("utf-8", errors="replace").strip()
+            else:
+                await part.release()  # unknown fields are ignored, as form posts usually are
+    except BaseException:
+        if form.upload is not None:
+            form.upload.discard()
+        raise
+    return form
+
+
+def _validate_fields(request: web.Request, fields: dict[str, str]) -> tuple[str, str, str | None, Task, str | None]:
+    settings = request.app[SETTINGS]
+    engine = request.app[ENGINE]
+
+    job_id = fields.get("job_id") or uuid.uuid4().hex
+    if not JOB_ID_PATTERN.match(job_id):
+        raise BadRequest(
+            "job_id must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+
+    model = fields.get("model") or settings.model
+    if model != settings.model:
+        # Clients may pick among named models; file paths are for the operator's --model only.
+        engine.check_model_name(model)
+        if "/" in model or "\\" in model:
+            raise BadRequest("model must be a model name, not a path.")
+
+    language = (fields.get("language") or "").lower() or None
+    if language is not None:
+        language = TO_LANGUAGE_CODE.get(language, language)
+        if language not in LANGUAGES:
+            raise BadRequest(f"Unknown language {fields['language']!r}; use a code such as 'en' or 'de'.")
+
+    try:
+        task = Task(fields.get("task") or Task.TRANSCRIBE.value)
+    except ValueError:
+        raise BadRequest("task must be 'transcribe' or 'translate'.") from None
+
+    if engine.is_english_only(model):
+        if language not in (None, "en"):
+            raise BadRequest(f"Model {model} only understands English; choose a multilingual model.")
+        if task is Task.TRANSLATE:
+            raise BadRequest(f"Model {model} cannot translate; choose a multilingual model.")
+
+    callback_url = fields.get("callback_url") or None
+    if callback_url is not None:
+        parts = urlsplit(callback_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadRequest("callback_url must be an absolute http:// or https:// URL.")
+    return job_id, model, language, task, callback_url
+
+
+def _audio_name(job_id: str, filename: str | None) -> str:
+    suffix = Path(filename or "").suffix.lower()
+    return job_id + (suffix if _SAFE_EXTENSION.match(suffix) else ".audio")
+
+
+def _status_url(request: web.Request, job_id: str) -> str:
+    return str(request.app.router["status"].url_for(job_id=job_id))
+
+
+def _accepted(request: web.Request, job: Job, status: int) -> web.Response:
+    return web.json_response(
+        {"job_id": job.job_id, "status": job.status.value},
+        status=status,
+        headers={"Location": _status_url(request, job.job_id)},
+    )
+
+
+async def transcribe(request: web.Request) -> web.Response:
+    """Accept an upload as a queued job: 202 when new, 200 when the same job already exists."""
+    form = await _read_form(request)
+    upload = form.upload
+    try:
+        job_id, model, language, task, callback_url = _validate_fields(request, form.fields)
+        if upload is None:
+            raise BadRequest("The form has no 'file' field; attach the audio as file=@audio.wav.")
+        if upload.size == 0:
+            raise InvalidAudio("The uploaded file is empty.")
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, audio.probe, upload.path)
+
+        journal = request.app[JOURNAL]
+        layout = request.app[LAYOUT]
+        async with request.app[SUBMIT_LOCK]:
+            existing = await journal.get(job_id)
+            if existing is not None:
+                if existing.audio_sha256 != upload.sha256:
+                    raise JobConflict(
+                        f"Job {job_id!r} already exists with different audio; "
+                        "choose another job_id or omit it."
+                    )
+                return _accepted(request, existing, 200)
+            audio_file = _audio_name(job_id, form.filename)
+            target = layout.audio_path(audio_file)
+            await loop.run_in_executor(None, storage.commit_upload, upload, target)
+            try:
+                job = await journal.insert(
+                    NewJob(
+                        job_id=job_id,
+                        audio_file=audio_file,
+                        audio_sha256=upload.sha256,
+                        audio_bytes=upload.size,
+                        original_filename=form.filename,
+                        model=model,
+                        language=language,
+                        task=task,
+                        callback_url=callback_url,
+                        duration_s=info.duration_s,
+                    )
+                )
+            except (sqlite3.Error, OSError):
+                target.unlink(missing_ok=True)
+                raise
+    finally:
+        if upload is not None:
+            upload.discard()  # a no-op once the file was renamed into pending/
+    request.app[WORKER].wake()
+    return _accepted(request, job, 202)
+
+
+async def _get_job(request: web.Request) -> Job:
+    job_id = request.match_info["job_id"]
+    job = await request.app[JOURNAL].get(job_id) if JOB_ID_PATTERN.match(job_id) else None
+    if job is None:
+        raise JobNotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fp:
+        data: dict[str, Any] = json.load(fp)
+    return data
+
+
+async def _load_result(request: web.Request, job: Job) -> dict[str, Any]:
+    path = request.app[LAYOUT].transcript_path(job.job_id)
+    try:
+        async with aiofiles.open(path, encoding="utf-8") as fp:
+            raw = await fp.read()
+    except FileNotFoundError:
+        raise TranscriptNotReady(
+            f"Job {job.job_id!r} is completed but its transcript file is missing from storage."
+        ) from None
+    data: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+    return data
+
+
+def _message(job: Job, position: int | None) -> str:
+    if job.status is JobStatus.QUEUED:
+        return "Waiting in the queue" + (f" (position {position})" if position else "") + "."
+    if job.status is JobStatus.PROCESSING:
+        return f"Transcribing: {job.progress:.0%} done."
+    if job.status is JobStatus.COMPLETED:
+        took = (job.completed_at or 0) - (job.started_at or job.created_at)
+        return f"Completed in {took:.1f} s; download the transcript from /download/{job.job_id}."
+    return f"Failed: {job.error}"
+
+
+async def status(request: web.Request) -> web.Response:
+    job = await _get_job(request)
+    position = await request.app[JOURNAL].queue_position(job) if job.status is JobStatus.QUEUED else None
+    body: dict[str, Any] = {
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "progress": round(job.progress, 4),
+        "message": _message(job, position),
+        "model": job.model,
+        "language": job.language,
+        "task": job.task.value,
+        "duration_s": round(job.duration_s, 3) if job.duration_s is not None else None,
+        "attempts": job.attempts,
+        "created_at": iso_time(job.created_at),
+        "started_at": iso_time(job.started_at),
+        "completed_at": iso_time(job.completed_at),
+    }
+    if position is not None:
+        body["queue_position"] = position
+    if job.status is JobStatus.COMPLETED:
+        body["transcript"] = (await _load_result(request, job))["text"]
+    if job.status is JobStatus.FAILED:
+        body["error"] = job.error
+    return web.json_response(body)
+
+
+async def download(request: web.Request) -> web.Response:
+    fmt = formats.check_format(request.query.get("format", "txt").lower())
+    job = await _get_job(request)
+    if job.status is not JobStatus.COMPLETED:
+        detail = f"it failed: {job.error}" if job.status is JobStatus.FAILED else f"it is {job.status.value}"
+        raise TranscriptNotReady(
+            f"Job {job.job_id!r} has no transcript: {detail}. Poll /status/{job.job_id} until it is completed."
+        )
+    result = await _load_result(request, job)
+    body, content_type = formats.render(result, fmt)
+    return web.Response(
+        text=body,
+        headers={
+            "Content-Type": content_type,
+            "Content-Disposition": f'inline; filename="{job.job_id}.{fmt}"',
+        },
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """Answers from memory and one indexed count: fast even while a decode runs."""
+    worker = request.app[WORKER]
+    settings = request.app[SETTINGS]
+    body = {
+        "status": "ok" if worker.fatal_error is None else "error",
+        "model_loaded": worker.model_loaded,
+        "model": settings.model,
+        "engine": settings.engine,
+        "device": request.app[ENGINE].device,
+        "worker": worker.state.value,
+        "processing": worker.current_job,
+        "queue_size": await request.app[JOURNAL].count(JobStatus.QUEUED),
+        "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
+        "version": __version__,
+    }
+    if worker.fatal_error is not None:
+        body["error"] = worker.fatal_error
+    return web.json_response(body)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/transcribe", transcribe, name="transcribe")
+    app.router.add_get("/status/{job_id}", status, name="status")
+    app.router.add_get("/download/{job_id}", download, name="download")
+    app.router.add_get("/health", health, name="health")

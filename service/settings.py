@@ -1,0 +1,142 @@
+"""Service settings: one frozen dataclass, built from flags with environment-variable defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENGINES = ("openai-whisper",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told. Tests build it directly."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    storage_dir: Path = field(default_factory=lambda: Path("service-storage"))
+    model: str = "tiny.en"
+    engine: str = "openai-whisper"
+    device: str = "auto"
+    # Largest accepted upload. 2 GiB covers a few hours of WAV at 16 kHz 16-bit stereo.
+    max_upload_bytes: int = 2 * 1024**3
+    # Beam search like the whisper CLI: a few points of word error rate for ~2x decode time.
+    beam_size: int = 5
+    # A job whose worker died this many times is failed instead of being retried forever.
+    max_attempts: int = 3
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "storage_dir", Path(self.storage_dir))
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.max_upload_bytes <= 0:
+            raise ValueError("max_upload_bytes must be positive")
+        if self.beam_size < 1:
+            raise ValueError("beam_size must be at least 1")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read flags; each flag's default comes from its environment variable, then the built-in."""
+    env = os.environ if env is None else env
+    base = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Persistent Whisper transcription service: upload audio, poll, download.",
+    )
+    parser.add_argument(
+        "--host",
+        default=env.get("SERVICE_HOST", base.host),
+        help="address to listen on [SERVICE_HOST] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=_env_int(env, "SERVICE_PORT", base.port),
+        help="port to listen on [SERVICE_PORT] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--storage-dir",
+        type=Path,
+        default=Path(env.get("SERVICE_STORAGE_DIR", str(base.storage_dir))),
+        help="jobs, audio, transcripts and models live here [SERVICE_STORAGE_DIR] "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default=env.get("SERVICE_MODEL", base.model),
+        help="default model: a Whisper name or a path to a .pt checkpoint [SERVICE_MODEL] "
+        "(default %(default)s, bundled and offline)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=env.get("SERVICE_ENGINE", base.engine),
+        help="inference engine [SERVICE_ENGINE] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=env.get("SERVICE_DEVICE", base.device),
+        help="where the model runs; auto picks CUDA when present [SERVICE_DEVICE]",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=_env_int(env, "SERVICE_MAX_UPLOAD_MB", base.max_upload_bytes // 1024**2),
+        help="largest accepted upload in MiB [SERVICE_MAX_UPLOAD_MB] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=_env_int(env, "SERVICE_BEAM_SIZE", base.beam_size),
+        help="beam width for decoding; 1 is greedy [SERVICE_BEAM_SIZE] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=_env_int(env, "SERVICE_MAX_ATTEMPTS", base.max_attempts),
+        help="runs of one job interrupted by crashes before it is failed [SERVICE_MAX_ATTEMPTS]",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("SERVICE_LOG_LEVEL", base.log_level),
+        help="logging level [SERVICE_LOG_LEVEL] (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return Settings(
+            host=args.host,
+            port=args.port,
+            storage_dir=args.storage_dir,
+            model=args.model,
+            engine=args.engine,
+            device=args.device,
+            max_upload_bytes=args.max_upload_mb * 1024**2,
+            beam_size=args.beam_size,
+            max_attempts=args.max_attempts,
+            log_level=args.log_level.upper(),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

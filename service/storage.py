@@ -1,0 +1,189 @@
+"""The storage directory's layout, atomic file writes and streamed uploads.
+
+    <storage>/jobs.db                     the journal (SQLite, WAL)
+    <storage>/pending/<job_id>.<ext>      uploaded audio, renamed into place when complete
+    <storage>/transcripts/<job_id>.json   results
+    <storage>/models/                     imported or downloaded checkpoints
+    <storage>/tmp/                        uploads in flight; emptied at start-up
+
+A job row is inserted only after its audio has been renamed into place, so a file in tmp/
+or an unreferenced file in pending/ is garbage that start-up removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from service.errors import UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK_BYTES = 1 << 20  # one disk write and hash update per MiB keeps hops few
+
+
+class StorageLocked(RuntimeError):
+    """Another service process already owns this storage directory."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "jobs.db"
+
+    @property
+    def pending(self) -> Path:
+        return self.root / "pending"
+
+    @property
+    def transcripts(self) -> Path:
+        return self.root / "transcripts"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def audio_path(self, audio_file: str) -> Path:
+        return self.pending / audio_file
+
+    def transcript_path(self, job_id: str) -> Path:
+        return self.transcripts / f"{job_id}.json"
+
+    def create(self) -> None:
+        for path in (self.root, self.pending, self.transcripts, self.models, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def lock_storage(layout: Layout) -> IO[bytes]:
+    """Hold an exclusive lock on the storage dir for the life of the process."""
+    handle = open(layout.root / "service.lock", "a+b")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StorageLocked(
+            f"another service process is already using {layout.root}; "
+            "stop it or choose another --storage-dir"
+        ) from None
+    return handle
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            json.dump(data, fp, ensure_ascii=False)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clean_start(layout: Layout, referenced_audio: set[str]) -> int:
+    """Remove half-written uploads and audio that no job refers to. Returns files removed."""
+    removed = 0
+    for path in layout.tmp.iterdir():
+        path.unlink(missing_ok=True)
+        removed += 1
+    for path in layout.pending.iterdir():
+        if path.name not in referenced_audio:
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in layout.transcripts.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+@dataclass
+class ReceivedUpload:
+    """An upload fully on disk under tmp/, not yet a job."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _UploadWriter:
+    """Writes and hashes chunks in a worker thread; the event loop only hands them over."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fp = open(path, "xb")  # noqa: SIM115 - closed in finish/abort
+        self._hash = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self._fp.write(chunk)
+        self._hash.update(chunk)
+
+    def finish(self) -> str:
+        self._fp.flush()
+        os.fsync(self._fp.fileno())
+        self._fp.close()
+        return self._hash.hexdigest()
+
+    def abort(self) -> None:
+        self._fp.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes], tmp_dir: Path, max_bytes: int
+) -> ReceivedUpload:
+    """Stream `chunks` to a file under `tmp_dir`; nothing is left behind if anything fails."""
+    loop = asyncio.get_running_loop()
+    path = tmp_dir / f"{uuid.uuid4().hex}.upload"
+    writer = await loop.run_in_executor(None, _UploadWriter, path)
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadTooLarge(
+                    f"The upload is larger than the limit of {max_bytes // 1024**2} MiB; "
+                    "split the audio or raise --max-upload-mb."
+                )
+            await loop.run_in_executor(None, writer.write, chunk)
+        digest = await loop.run_in_executor(None, writer.finish)
+    except BaseException:
+        await asyncio.shield(loop.run_in_executor(None, writer.abort))
+        raise
+    return ReceivedUpload(path=path, size=size, sha256=digest)
+
+
+def commit_upload(upload: ReceivedUpload, target: Path) -> None:
+    """Rename a received upload into pending/ durably."""
+    os.replace(upload.path, target)
+    fsync_dir(target.parent)
