@@ -34,8 +34,7 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise UnsupportedAudio(
-            "The uploaded file is not audio that can be decoded "
-            "(send WAV, MP3, M4A, FLAC, OGG or WebM)."
+            "The uploaded file is not audio that can be decoded (send WAV, MP3, M4A, FLAC, OGG or WebM)."
         ) from exc
 
 

@@ -120,9 +120,7 @@ class Journal:
 
     async def count(self, status: JobStatus) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            (n,) = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)
-            ).fetchone()
+            (n,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()
             return int(n)
 
         return await self._run(op)
@@ -169,9 +167,7 @@ class Journal:
                     time.time(),
                 ),
             )
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (new.job_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (new.job_id,)).fetchone()
             return _row_to_job(row)
 
         return await self._run(op)
@@ -191,9 +187,7 @@ class Journal:
                 "WHERE job_id = ?",
                 (JobStatus.PROCESSING.value, time.time(), row[0]),
             )
-            claimed = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (row[0],)
-            ).fetchone()
+            claimed = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (row[0],)).fetchone()
             return _row_to_job(claimed)
 
         return await self._run(op)
@@ -255,8 +249,7 @@ class Journal:
                     failed.append(job_id)
                 else:
                     conn.execute(
-                        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL "
-                        "WHERE job_id = ?",
+                        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL WHERE job_id = ?",
                         (JobStatus.QUEUED.value, job_id),
                     )
                     requeued.append(job_id)

@@ -26,7 +26,6 @@ from service.errors import (
     JobConflict,
     JobNotFound,
     TranscriptNotReady,
-    UploadTooLarge,
 )
 from service.jobs import JOB_ID_PATTERN, Job, JobStatus, NewJob, Task, iso_time
 from service.storage import ReceivedUpload
@@ -56,15 +55,11 @@ async def _read_form(request: web.Request) -> _Form:
     settings = request.app[SETTINGS]
     if not request.content_type.startswith("multipart/"):
         raise BadRequest(
-            "Send multipart/form-data with the audio in a field named 'file' "
-            "(curl -F file=@audio.wav ...)."
+            "Send multipart/form-data with the audio in a field named 'file' (curl -F file=@audio.wav ...)."
         )
     limit = settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
-        raise UploadTooLarge(
-            f"The upload is larger than the limit of {limit // 1024**2} MiB; "
-            "split the audio or raise --max-upload-mb."
-        )
+        raise storage.too_large(limit)
     form = _Form(fields={}, upload=None, filename=None)
     try:
         reader = await request.multipart()
@@ -75,9 +70,7 @@ async def _read_form(request: web.Request) -> _Form:
                 if form.upload is not None:
                     raise BadRequest("Send exactly one 'file' field.")
                 form.filename = part.filename
-                form.upload = await storage.receive_upload(
-                    _file_chunks(part), request.app[LAYOUT].tmp, limit
-                )
+                form.upload = await storage.receive_upload(_file_chunks(part), request.app[LAYOUT].tmp, limit)
             elif part.name in _TEXT_FIELDS:
                 raw = await part.read()
                 if len(raw) > MAX_FIELD_BYTES:
@@ -92,7 +85,9 @@ async def _read_form(request: web.Request) -> _Form:
     return form
 
 
-def _validate_fields(request: web.Request, fields: dict[str, str]) -> tuple[str, str, str | None, Task, str | None]:
+def _validate_fields(
+    request: web.Request, fields: dict[str, str]
+) -> tuple[str, str, str | None, Task, str | None]:
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
 
@@ -274,7 +269,8 @@ async def download(request: web.Request) -> web.Response:
     if job.status is not JobStatus.COMPLETED:
         detail = f"it failed: {job.error}" if job.status is JobStatus.FAILED else f"it is {job.status.value}"
         raise TranscriptNotReady(
-            f"Job {job.job_id!r} has no transcript: {detail}. Poll /status/{job.job_id} until it is completed."
+            f"Job {job.job_id!r} has no transcript: {detail}. "
+            f"Poll /status/{job.job_id} until it is completed."
         )
     result = await _load_result(request, job)
     body, content_type = formats.render(result, fmt)

@@ -54,9 +54,7 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
-def parse_settings(
-    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read flags; each flag's default comes from its environment variable, then the built-in."""
     env = os.environ if env is None else env
     base = Settings()
@@ -79,8 +77,7 @@ def parse_settings(
         "--storage-dir",
         type=Path,
         default=Path(env.get("SERVICE_STORAGE_DIR", str(base.storage_dir))),
-        help="jobs, audio, transcripts and models live here [SERVICE_STORAGE_DIR] "
-        "(default %(default)s)",
+        help="jobs, audio, transcripts and models live here [SERVICE_STORAGE_DIR] (default %(default)s)",
     )
     parser.add_argument(
         "--model",

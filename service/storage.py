@@ -32,6 +32,23 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK_BYTES = 1 << 20  # one disk write and hash update per MiB keeps hops few
 
 
+def human_size(num_bytes: int) -> str:
+    """1536 -> '1.5 KiB': limits in error messages a person reads."""
+    size = float(num_bytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" or size.is_integer() else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def too_large(max_bytes: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"The upload is larger than the limit of {human_size(max_bytes)}; "
+        "split the audio or raise --max-upload-mb."
+    )
+
+
 class StorageLocked(RuntimeError):
     """Another service process already owns this storage directory."""
 
@@ -79,8 +96,7 @@ def lock_storage(layout: Layout) -> IO[bytes]:
     except BlockingIOError:
         handle.close()
         raise StorageLocked(
-            f"another service process is already using {layout.root}; "
-            "stop it or choose another --storage-dir"
+            f"another service process is already using {layout.root}; stop it or choose another --storage-dir"
         ) from None
     return handle
 
@@ -159,9 +175,7 @@ class _UploadWriter:
         self.path.unlink(missing_ok=True)
 
 
-async def receive_upload(
-    chunks: AsyncIterator[bytes], tmp_dir: Path, max_bytes: int
-) -> ReceivedUpload:
+async def receive_upload(chunks: AsyncIterator[bytes], tmp_dir: Path, max_bytes: int) -> ReceivedUpload:
     """Stream `chunks` to a file under `tmp_dir`; nothing is left behind if anything fails."""
     loop = asyncio.get_running_loop()
     path = tmp_dir / f"{uuid.uuid4().hex}.upload"
@@ -171,10 +185,7 @@ async def receive_upload(
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
-                raise UploadTooLarge(
-                    f"The upload is larger than the limit of {max_bytes // 1024**2} MiB; "
-                    "split the audio or raise --max-upload-mb."
-                )
+                raise too_large(max_bytes)
             await loop.run_in_executor(None, writer.write, chunk)
         digest = await loop.run_in_executor(None, writer.finish)
     except BaseException:

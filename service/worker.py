@@ -7,11 +7,12 @@ never decode twice at once); audio decoding and file writes run on the default e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from service import audio
@@ -30,7 +31,7 @@ EXTRA_MODELS_CACHED = 1
 IDLE_POLL_SECONDS = 5.0
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     STARTING = "starting"
     LOADING_MODEL = "loading_model"
     READY = "ready"
@@ -97,10 +98,8 @@ class Worker:
             self._wake.clear()
             job = await self.journal.claim_next()
             if job is None:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-                except TimeoutError:
-                    pass
                 continue
             await self._process(job)
 
@@ -160,9 +159,7 @@ class Worker:
                 raise JobInterrupted
             asyncio.run_coroutine_threadsafe(self.journal.set_progress(job.job_id, fraction), loop)
 
-        options = DecodeOptions(
-            language=job.language, task=job.task.value, beam_size=self.settings.beam_size
-        )
+        options = DecodeOptions(language=job.language, task=job.task.value, beam_size=self.settings.beam_size)
         return await loop.run_in_executor(
             self._inference, self.engine.transcribe, model, pcm, options, on_progress
         )

@@ -272,9 +272,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.kill()
 
 
-def wait_for_status(
-    url: str, job_id: str, statuses: set[str], timeout: float = 180.0
-) -> dict[str, Any]:
+def wait_for_status(url: str, job_id: str, statuses: set[str], timeout: float = 180.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:

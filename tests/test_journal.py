@@ -1,0 +1,116 @@
+"""The SQLite journal on real disk: order, claims, crash recovery, durability across reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service.jobs import JobStatus, NewJob, Task
+from service.journal import Journal
+
+
+def new_job(job_id: str) -> NewJob:
+    return NewJob(
+        job_id=job_id,
+        audio_file=f"{job_id}.wav",
+        audio_sha256="0" * 64,
+        audio_bytes=10,
+        original_filename="a.wav",
+        model="tiny.en",
+        language=None,
+        task=Task.TRANSCRIBE,
+        callback_url=None,
+        duration_s=1.0,
+    )
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "jobs.db")
+    await j.open()
+    yield j  # type: ignore[misc]
+    await j.close()
+
+
+async def test_claims_oldest_first_and_counts_attempts(journal: Journal) -> None:
+    for job_id in ("a", "b", "c"):
+        await journal.insert(new_job(job_id))
+    first = await journal.claim_next()
+    assert first is not None and first.job_id == "a"
+    assert first.status is JobStatus.PROCESSING and first.attempts == 1 and first.started_at
+    b = await journal.get("b")
+    c = await journal.get("c")
+    assert b is not None and c is not None
+    assert await journal.queue_position(b) == 1
+    assert await journal.queue_position(c) == 2
+    assert await journal.count(JobStatus.QUEUED) == 2
+
+
+async def test_duplicate_id_is_refused(journal: Journal) -> None:
+    await journal.insert(new_job("a"))
+    with pytest.raises(sqlite3.IntegrityError):
+        await journal.insert(new_job("a"))
+
+
+async def test_progress_only_moves_while_processing(journal: Journal) -> None:
+    await journal.insert(new_job("a"))
+    await journal.set_progress("a", 0.5)  # queued: ignored
+    assert (await journal.get("a")).progress == 0  # type: ignore[union-attr]
+    await journal.claim_next()
+    await journal.set_progress("a", 0.5)
+    assert (await journal.get("a")).progress == 0.5  # type: ignore[union-attr]
+    await journal.complete("a", "en", 3.0)
+    await journal.set_progress("a", 0.7)  # a late update after completion is dropped
+    done = await journal.get("a")
+    assert done is not None and done.status is JobStatus.COMPLETED and done.progress == 1.0
+
+
+async def test_recovery_requeues_then_fails_past_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    for attempt in (1, 2, 3):
+        journal = Journal(path)
+        await journal.open()
+        if attempt == 1:
+            await journal.insert(new_job("poison"))
+            await journal.insert(new_job("later"))
+        requeued, failed = await journal.recover_interrupted(max_attempts=3)
+        assert (requeued, failed) == (([], []) if attempt == 1 else (["poison"], []))
+        claimed = await journal.claim_next()
+        assert claimed is not None and claimed.job_id == "poison"  # keeps its place at the front
+        assert claimed.attempts == attempt
+        await journal.close()  # the "crash": closed with the job still processing
+
+    journal = Journal(path)
+    await journal.open()
+    requeued, failed = await journal.recover_interrupted(max_attempts=3)
+    assert (requeued, failed) == ([], ["poison"])
+    poison = await journal.get("poison")
+    assert poison is not None and poison.status is JobStatus.FAILED
+    assert "crashed on this job 3 times" in (poison.error or "")
+    later = await journal.claim_next()
+    assert later is not None and later.job_id == "later"
+    await journal.close()
+
+
+async def test_release_refunds_the_attempt(journal: Journal) -> None:
+    await journal.insert(new_job("a"))
+    await journal.claim_next()
+    await journal.release("a")
+    job = await journal.get("a")
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+
+
+async def test_journal_is_wal_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    journal = Journal(path)
+    await journal.open()
+    await journal.insert(new_job("kept"))
+    await journal.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reopened = Journal(path)
+    await reopened.open()
+    assert (await reopened.get("kept")) is not None
+    await reopened.close()
