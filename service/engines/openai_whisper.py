@@ -93,9 +93,10 @@ class OpenAIWhisperEngine:
             try:
                 return whisper.load_model(name, device=self.device, download_root=str(self.models_dir))
             except (urllib.error.URLError, OSError, RuntimeError) as exc:
+                checkpoint = os.path.basename(whisper._MODELS[name])
                 raise ModelUnavailable(
                     f"Model {name!r} is not on this machine and could not be downloaded ({exc}). "
-                    f"Use the bundled tiny.en, or place the checkpoint in {self.models_dir}."
+                    f"Use the bundled tiny.en, or place {checkpoint} in {self.models_dir}."
                 ) from exc
         if os.path.isfile(name):
             try:
