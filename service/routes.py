@@ -273,7 +273,8 @@ async def download(request: web.Request) -> web.Response:
             f"Poll /status/{job.job_id} until it is completed."
         )
     result = await _load_result(request, job)
-    body, content_type = formats.render(result, fmt)
+    # Rendering hours of segments takes tens of milliseconds: not on the event loop.
+    body, content_type = await asyncio.get_running_loop().run_in_executor(None, formats.render, result, fmt)
     return web.Response(
         text=body,
         headers={
