@@ -50,6 +50,8 @@ def _read(fp: BinaryIO, fmt: str) -> tuple[Any, ...]:
 def _read_string(fp: BinaryIO) -> str:
     (length,) = _read(fp, "H")
     raw = fp.read(length)
+    if len(raw) != length:
+        raise ModelImportError("model.bin ends early; the file is truncated")
     return raw[:-1].decode("utf-8")
 
 
@@ -82,6 +84,8 @@ def read_ct2_variables(model_bin: Path) -> dict[str, np.ndarray]:
         for _ in range(alias_count):
             alias = _read_string(fp)
             target = _read_string(fp)
+            if target not in variables:
+                raise ModelImportError(f"alias {alias} names a missing variable {target}")
             variables[alias] = variables[target]
     return variables
 
