@@ -17,11 +17,15 @@ from service.storage import StorageLocked
 
 log = logging.getLogger("service")
 
+# How long a stop waits for requests in flight. aiohttp's default (60 s) lets one stalled
+# upload hold SIGTERM past a container's stop timeout, which then ends in SIGKILL.
+REQUEST_DRAIN_SECONDS = 5.0
+
 
 async def serve(settings: Settings) -> int:
     """Listen at once (so /health answers while the model loads); stop on a signal or a fatal error."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=REQUEST_DRAIN_SECONDS)
     try:
         await runner.setup()
     except StorageLocked as exc:

@@ -95,6 +95,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         lock.close()
 
 
+async def _stop_taking_jobs(app: web.Application) -> None:
+    """Runs as shutdown begins, before requests in flight drain: no new job starts after it."""
+    await app[WORKER].stop()
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the application; nothing touches disk or loads a model until it starts.
 
@@ -112,5 +117,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[SUBMIT_LOCK] = asyncio.Lock()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_service_ctx)
+    app.on_shutdown.append(_stop_taking_jobs)
     routes.setup_routes(app)
     return app

@@ -155,7 +155,7 @@ class Worker:
 
         def on_progress(fraction: float) -> None:
             # Runs on the inference thread: hand the write to the loop, never wait for it.
-            if self._stopping:
+            if self._stopping and fraction < 1.0:  # the last window done: keep the result
                 raise JobInterrupted
             asyncio.run_coroutine_threadsafe(self.journal.set_progress(job.job_id, fraction), loop)
 
