@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
-import hashlib
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -33,6 +33,7 @@ from service.engines.ct2_import import (
     convert_variables,
     import_ct2_model,
     read_ct2_variables,
+    source_key,
 )
 from service.engines.openai_whisper import OpenAIWhisperEngine
 from service.errors import ModelUnavailable
@@ -339,8 +340,7 @@ def test_cached_import_writes_once_and_reuses(
 ) -> None:
     cache = tmp_path / "cache"
     target = cached_import(ct2_dir, cache, "tiny.en")
-    digest = hashlib.sha256((ct2_dir / "model.bin").read_bytes()).hexdigest()
-    assert target == cache / f"tiny.en-{digest[:16]}.pt"
+    assert target == cache / f"tiny.en-{source_key(ct2_dir)}.pt"
     assert sorted(p.name for p in cache.iterdir()) == [target.name]  # no temporary left behind
     stat = target.stat()
 
@@ -384,8 +384,7 @@ def test_cache_key_follows_the_source_content(ct2_dir: Path, tmp_path: Path) -> 
     other = cached_import(changed, cache, "tiny.en")
     assert other != original
     assert sorted(p.name for p in cache.iterdir()) == sorted([original.name, other.name])
-    digest = hashlib.sha256(bytes(blob)).hexdigest()
-    assert other.name == f"tiny.en-{digest[:16]}.pt"
+    assert other.name == f"tiny.en-{source_key(changed)}.pt"
 
     # The new entry holds the changed weights; exactly one value differs, by one bit.
     a = torch.load(original, map_location="cpu", weights_only=True)["model_state_dict"]
@@ -471,3 +470,25 @@ def test_engine_reports_a_broken_bundled_model_as_unavailable(
     engine = OpenAIWhisperEngine(tmp_path / "models", device="cpu")
     with pytest.raises(ModelUnavailable, match=r"could not be imported: model\.bin ends early"):
         engine.load("tiny.en")
+
+
+def test_cache_key_covers_config_and_importer_version(
+    ct2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = source_key(ct2_dir)
+    changed = _copy_model_dir(ct2_dir, tmp_path / "changed")
+    config = json.loads((changed / "config.json").read_text())
+    config["alignment_heads"] = config["alignment_heads"][:-1]
+    (changed / "config.json").write_text(json.dumps(config))
+    assert source_key(changed) != base
+    monkeypatch.setattr("service.engines.ct2_import.IMPORTER_VERSION", 10_000)
+    assert source_key(ct2_dir) != base
+
+
+def test_engine_reimports_a_damaged_cached_checkpoint(ct2_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    cached = cached_import(ct2_dir, models, "tiny.en")
+    cached.write_bytes(cached.read_bytes()[:1000])  # what a disk error could leave
+    model = OpenAIWhisperEngine(models, device="cpu").load("tiny.en")
+    assert model.dims.n_vocab == 51864
+    assert torch.load(cached, map_location="cpu", weights_only=True)["dims"] == TINY_EN_DIMS

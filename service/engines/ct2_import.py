@@ -33,6 +33,8 @@ _CT2_DTYPES: tuple[Any, ...] = (
     None,  # bfloat16: not produced for Whisper exports; refused below
 )
 _SUPPORTED_BINARY_VERSIONS = {5, 6}
+# Part of the cache key: bump it when the import's output changes, so old checkpoints go stale.
+IMPORTER_VERSION = 1
 
 
 class ModelImportError(Exception):
@@ -210,15 +212,26 @@ def import_ct2_model(model_dir: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def cached_import(model_dir: Path, cache_dir: Path, name: str) -> Path:
-    """Import once and keep the checkpoint in `cache_dir`, keyed by the source's content."""
-    model_bin = model_dir / "model.bin"
-    digest = hashlib.sha256()
-    with open(model_bin, "rb") as fp:
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            digest.update(block)
-    target = cache_dir / f"{name}-{digest.hexdigest()[:16]}.pt"
-    if target.is_file():
+def source_key(model_dir: Path) -> str:
+    """What the imported checkpoint depends on: the weights, the config and this importer."""
+    digest = hashlib.sha256(f"importer-{IMPORTER_VERSION}\n".encode())
+    for part in ("model.bin", "config.json"):
+        path = model_dir / part
+        if not path.is_file():
+            continue
+        digest.update(part.encode() + b"\0")
+        with open(path, "rb") as fp:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cached_import(model_dir: Path, cache_dir: Path, name: str, refresh: bool = False) -> Path:
+    """Import once and keep the checkpoint in `cache_dir`; `refresh` rebuilds a bad cached copy."""
+    if not (model_dir / "model.bin").is_file():
+        raise ModelImportError(f"{model_dir} has no model.bin")
+    target = cache_dir / f"{name}-{source_key(model_dir)}.pt"
+    if target.is_file() and not refresh:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = import_ct2_model(model_dir)

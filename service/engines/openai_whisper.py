@@ -108,9 +108,14 @@ class OpenAIWhisperEngine:
     def _load_imported(self, ct2_dir: Path, name: str) -> Whisper:
         try:
             checkpoint_path = cached_import(ct2_dir, self.models_dir, name)
+            try:
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a damaged cache file (disk trouble): import it afresh
+                log.warning("cached checkpoint %s is unreadable (%s); importing again", checkpoint_path, exc)
+                checkpoint_path = cached_import(ct2_dir, self.models_dir, name, refresh=True)
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         except ModelImportError as exc:
             raise ModelUnavailable(f"The bundled model {name} could not be imported: {exc}") from exc
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
         model.load_state_dict(checkpoint["model_state_dict"])
         if "alignment_heads" in checkpoint:
