@@ -85,6 +85,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def wait_exit(server: ServerProcess, timeout: float, what: str) -> tuple[int, float]:
+    """Wait for the process to end; returns (exit code, seconds waited)."""
+    assert server.proc is not None
+    started = time.monotonic()
+    try:
+        rc = server.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what}: still running after {timeout} s:\n{server.log()}")
+    return rc, time.monotonic() - started
+
+
 def wait_for_progress(server: ServerProcess, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
     """Poll until the job is mid-decode: processing with 0 < progress < 1."""
     deadline = time.monotonic() + timeout
@@ -190,11 +201,8 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 def test_second_server_on_same_storage_exits_2(shared_server: ServerProcess) -> None:
     intruder = ServerProcess(shared_server.storage_dir)
     intruder.start(wait_ready=False)
-    assert intruder.proc is not None
     try:
-        rc = intruder.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the second server is still running after 60 s:\n{intruder.log()}")
+        rc, _ = wait_exit(intruder, 60, "the second server")
     finally:
         intruder.kill()
     log = intruder.log()
@@ -306,14 +314,8 @@ def test_model_that_needs_a_download_exits_1_promptly_offline(
         pytest.skip(f"{host} resolves: this machine may download the model instead of failing")
 
     server = server_factory(extra_args=["--model", "base"])
-    started = time.monotonic()
     server.start(wait_ready=False)
-    assert server.proc is not None
-    try:
-        rc = server.proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still running after 120 s:\n{server.log()}")
-    elapsed = time.monotonic() - started
+    rc, elapsed = wait_exit(server, 120, "a server whose model cannot load")
     log = server.log()
     assert rc == 1, log
     assert elapsed < 60, f"took {elapsed:.0f} s to give up"
@@ -382,13 +384,8 @@ def test_sigterm_mid_job_exits_0_and_refunds_the_attempt(
     assert mid["attempts"] == 1, mid
 
     assert first.proc is not None
-    started = time.monotonic()
     first.proc.send_signal(signal.SIGTERM)
-    try:
-        rc = first.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"no exit within 60 s of SIGTERM:\n{first.log()}")
-    elapsed = time.monotonic() - started
+    rc, elapsed = wait_exit(first, 60, "SIGTERM mid-job")
     log = first.log()
     assert rc == 0, log
     assert "job term-long: interrupted by shutdown; back in the queue" in log, log
@@ -419,10 +416,8 @@ def test_sigterm_with_a_stalled_upload_exits_promptly_and_leaves_nothing(
             what="the stalled upload to reach tmp/",
         )
         assert server.proc is not None
-        started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        rc = server.proc.wait(timeout=60)
-        elapsed = time.monotonic() - started
+        rc, elapsed = wait_exit(server, 60, "SIGTERM with a stalled upload")
     assert rc == 0, server.log()
     # Docker waits 10 s before SIGKILL; aiohttp alone would wait 60 s for the request.
     assert elapsed < 10, f"SIGTERM took {elapsed:.1f} s with an upload in flight"
