@@ -50,6 +50,16 @@ async def _file_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _read_field(part: BodyPartReader) -> str:
+    """A short text field, read with a bound so an oversized one is never held in memory."""
+    raw = b""
+    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
+        raw += chunk
+        if len(raw) > MAX_FIELD_BYTES:
+            raise BadRequest(f"Field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes.")
+    return raw.decode("utf-8", errors="replace").strip()
+
+
 async def _read_form(request: web.Request) -> _Form:
     """Stream the multipart body: the file goes to tmp/, short fields into memory."""
     settings = request.app[SETTINGS]
@@ -69,13 +79,12 @@ async def _read_form(request: web.Request) -> _Form:
             if part.name == "file":
                 if form.upload is not None:
                     raise BadRequest("Send exactly one 'file' field.")
+                # Fields sent before the file are checked now, before a large body is stored.
+                _validate_fields(request, form.fields)
                 form.filename = part.filename
                 form.upload = await storage.receive_upload(_file_chunks(part), request.app[LAYOUT].tmp, limit)
             elif part.name in _TEXT_FIELDS:
-                raw = await part.read()
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise BadRequest(f"Field {part.name!r} is too long.")
-                form.fields[part.name] = raw.decode("utf-8", errors="replace").strip()
+                form.fields[part.name] = await _read_field(part)
             else:
                 await part.release()  # unknown fields are ignored, as form posts usually are
     except BaseException:

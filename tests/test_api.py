@@ -276,6 +276,41 @@ async def test_upload_over_limit_is_413_and_leaves_nothing(
     assert leftover_files(settings) == []
 
 
+async def test_bad_field_before_the_file_is_refused_before_the_body_is_stored(
+    fake: tuple[TestClient[Any, Any], FakeEngine], settings: Settings
+) -> None:
+    client, _ = fake
+    stored: list[int] = []
+
+    async def body() -> Any:
+        yield (
+            b'--b0undary\r\nContent-Disposition: form-data; name="job_id"\r\n\r\n../x\r\n'
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        )
+        for _ in range(64):  # 64 MiB of body the server should not need to store
+            stored.append(sum(p.stat().st_size for p in (settings.storage_dir / "tmp").iterdir()))
+            yield bytes(1024 * 1024)
+        yield b"\r\n--b0undary--\r\n"
+
+    resp = await client.post(
+        "/transcribe", data=body(), headers={"Content-Type": "multipart/form-data; boundary=b0undary"}
+    )
+    assert resp.status == 400
+    assert "job_id must be" in (await resp.json())["error"]
+    assert max(stored, default=0) == 0
+    assert leftover_files(settings) == []
+
+
+async def test_oversized_text_field_is_400(
+    fake: tuple[TestClient[Any, Any], FakeEngine], settings: Settings
+) -> None:
+    client, _ = fake
+    resp = await client.post("/transcribe", data=form(eval_clip(CLIP), language="x" * 100_000))
+    assert resp.status == 400
+    assert "longer than 4096 bytes" in (await resp.json())["error"]
+    assert leftover_files(settings) == []
+
+
 async def test_download_unfinished_and_bad_format(fake: tuple[TestClient[Any, Any], FakeEngine]) -> None:
     client, engine = fake
     engine.gate.clear()
