@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -29,6 +30,8 @@ from service.errors import (
 )
 from service.jobs import JOB_ID_PATTERN, Job, JobStatus, NewJob, Task, iso_time
 from service.storage import ReceivedUpload
+
+log = logging.getLogger(__name__)
 
 # Form fields other than the file are short; anything longer is a client bug or abuse.
 MAX_FIELD_BYTES = 4096
@@ -204,6 +207,16 @@ async def transcribe(request: web.Request) -> web.Response:
     finally:
         if upload is not None:
             upload.discard()  # a no-op once the file was renamed into pending/
+    log.info(
+        "job %s: accepted %s (%s/%s, %d Hz, %d ch, %s s)",
+        job_id,
+        storage.human_size(upload.size),
+        info.format_name,
+        info.codec,
+        info.sample_rate,
+        info.channels,
+        f"{info.duration_s:.1f}" if info.duration_s is not None else "?",
+    )
     request.app[WORKER].wake()
     return _accepted(request, job, 202)
 
@@ -214,12 +227,6 @@ async def _get_job(request: web.Request) -> Job:
     if job is None:
         raise JobNotFound(f"No job with id {job_id!r}.")
     return job
-
-
-def _read_result(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fp:
-        data: dict[str, Any] = json.load(fp)
-    return data
 
 
 async def _load_result(request: web.Request, job: Job) -> dict[str, Any]:

@@ -224,10 +224,8 @@ def test_formats_render_a_real_result(long_run: tuple[Result, list[float], float
     parsed = json.loads(body)
     assert parsed == json.loads(json.dumps(stored))
     assert parsed["text"] == result.text and parsed["language"] == "en"
-    round_trip = Result.from_dict(parsed)
-    assert round_trip.text == result.text
-    assert [s.text for s in round_trip.segments] == [s.text for s in result.segments]
-    assert [s.start for s in round_trip.segments] == pytest.approx(
+    assert [s["text"] for s in parsed["segments"]] == [s.text for s in result.segments]
+    assert [s["start"] for s in parsed["segments"]] == pytest.approx(
         [s.start for s in result.segments], abs=5e-4
     )
 

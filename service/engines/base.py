@@ -57,25 +57,6 @@ class Result:
             "segments": [segment.as_dict() for segment in self.segments],
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        return cls(
-            text=data["text"],
-            language=data.get("language"),
-            duration_s=float(data.get("duration", 0.0)),
-            segments=[
-                Segment(
-                    id=int(s["id"]),
-                    start=float(s["start"]),
-                    end=float(s["end"]),
-                    text=s["text"],
-                    avg_logprob=s.get("avg_logprob"),
-                    no_speech_prob=s.get("no_speech_prob"),
-                )
-                for s in data.get("segments", [])
-            ],
-        )
-
 
 class Engine(Protocol):
     """Loads models and transcribes with them. Every method blocks: call from a worker thread."""
