@@ -20,10 +20,10 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from service.errors import UploadTooLarge
 
@@ -109,12 +109,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp name, fsync, rename: readers see the old file or the whole new one."""
+def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write via `fill` to a temp name, fsync, rename: readers see the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fp:
-            json.dump(data, fp, ensure_ascii=False)
+        with os.fdopen(fd, "wb") as fp:
+            fill(fp)
             fp.flush()
             os.fsync(fp.fileno())
         os.replace(tmp, path)
@@ -122,6 +122,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, lambda fp: fp.write(json.dumps(data, ensure_ascii=False).encode("utf-8")))
 
 
 def clean_start(layout: Layout, referenced_audio: set[str]) -> int:

@@ -13,15 +13,15 @@ import base64
 import gzip
 import hashlib
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from service.storage import write_atomic
 
 # The DataType enum of CTranslate2's binary format, in its order.
 _CT2_DTYPES: tuple[Any, ...] = (
@@ -235,14 +235,5 @@ def cached_import(model_dir: Path, cache_dir: Path, name: str, refresh: bool = F
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = import_ct2_model(model_dir)
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            torch.save(checkpoint, fp)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomic(target, lambda fp: torch.save(checkpoint, fp))
     return target
