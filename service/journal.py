@@ -56,6 +56,11 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     return Job(*values)
 
 
+def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return _row_to_job(row) if row else None
+
+
 class Journal:
     """Async facade over the SQLite journal."""
 
@@ -101,8 +106,7 @@ class Journal:
     # -- reads --------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            return _row_to_job(row) if row else None
+            return _fetch(conn, job_id)
 
         return await self._run(op)
 
@@ -167,8 +171,9 @@ class Journal:
                     time.time(),
                 ),
             )
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (new.job_id,)).fetchone()
-            return _row_to_job(row)
+            job = _fetch(conn, new.job_id)
+            assert job is not None  # inserted just above, in this transaction
+            return job
 
         return await self._run(op)
 
@@ -187,8 +192,7 @@ class Journal:
                 "WHERE job_id = ?",
                 (JobStatus.PROCESSING.value, time.time(), row[0]),
             )
-            claimed = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (row[0],)).fetchone()
-            return _row_to_job(claimed)
+            return _fetch(conn, row[0])
 
         return await self._run(op)
 
