@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from service import routes, storage
-from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WORKER
+from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WATCH, WORKER
 from service.engines import create_engine
 from service.engines.base import Engine
 from service.errors import ServiceError
 from service.journal import Journal
 from service.settings import Settings
 from service.storage import Layout
+from service.watch import JobWatch
 from service.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 
     `engine` lets tests substitute a fake; by default the one named in settings is used.
     """
-    layout = Layout(settings.storage_dir)
-    engine = engine if engine is not None else create_engine(settings)
+    layout = Layout(settings.storage_dir, settings.model_dir)
+    engine = engine if engine is not None else create_engine(settings, layout.models)
     journal = Journal(layout.journal)
     app = web.Application(middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[LAYOUT] = layout
     app[ENGINE] = engine
     app[JOURNAL] = journal
-    app[WORKER] = Worker(settings, journal, layout, engine)
+    app[WATCH] = JobWatch()
+    app[WORKER] = Worker(settings, journal, layout, engine, app[WATCH])
     app[SUBMIT_LOCK] = asyncio.Lock()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_service_ctx)

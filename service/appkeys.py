@@ -10,6 +10,7 @@ from service.engines.base import Engine
 from service.journal import Journal
 from service.settings import Settings
 from service.storage import Layout
+from service.watch import JobWatch
 from service.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,3 +20,4 @@ WORKER = web.AppKey("worker", Worker)
 ENGINE = web.AppKey("engine", Engine)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 STARTED_AT = web.AppKey("started_at", float)
+WATCH = web.AppKey("watch", JobWatch)

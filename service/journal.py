@@ -61,6 +61,31 @@ def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return _row_to_job(row) if row else None
 
 
+def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
+    conn.execute(
+        "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, "
+        "original_filename, model, language, task, callback_url, duration_s, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new.job_id,
+            JobStatus.QUEUED.value,
+            new.audio_file,
+            new.audio_sha256,
+            new.audio_bytes,
+            new.original_filename,
+            new.model,
+            new.language,
+            new.task.value,
+            new.callback_url,
+            new.duration_s,
+            time.time(),
+        ),
+    )
+    job = _fetch(conn, new.job_id)
+    assert job is not None  # inserted just above, in this transaction
+    return job
+
+
 class Journal:
     """Async facade over the SQLite journal."""
 
@@ -150,30 +175,18 @@ class Journal:
     # -- writes -------------------------------------------------------------------------
     async def insert(self, new: NewJob) -> Job:
         """Add a queued job. Raises sqlite3.IntegrityError if the id is taken."""
+        return await self._run(lambda conn: _insert(conn, new))
+
+    async def replace_failed(self, new: NewJob) -> Job:
+        """Queue a failed job afresh, at the back of the queue with its attempts reset."""
 
         def op(conn: sqlite3.Connection) -> Job:
-            conn.execute(
-                "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, "
-                "original_filename, model, language, task, callback_url, duration_s, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.job_id,
-                    JobStatus.QUEUED.value,
-                    new.audio_file,
-                    new.audio_sha256,
-                    new.audio_bytes,
-                    new.original_filename,
-                    new.model,
-                    new.language,
-                    new.task.value,
-                    new.callback_url,
-                    new.duration_s,
-                    time.time(),
-                ),
-            )
-            job = _fetch(conn, new.job_id)
-            assert job is not None  # inserted just above, in this transaction
-            return job
+            deleted = conn.execute(
+                "DELETE FROM jobs WHERE job_id = ? AND status = ?", (new.job_id, JobStatus.FAILED.value)
+            ).rowcount
+            if deleted != 1:
+                raise sqlite3.IntegrityError(f"job {new.job_id} is not failed")
+            return _insert(conn, new)
 
         return await self._run(op)
 

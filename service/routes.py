@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from aiohttp import BodyPartReader, web
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from service import __version__, audio, formats, storage
-from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WORKER
+from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WATCH, WORKER
 from service.errors import (
     BadRequest,
     InvalidAudio,
@@ -39,6 +40,8 @@ MAX_FIELD_BYTES = 4096
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
 _TEXT_FIELDS = ("job_id", "model", "language", "task", "callback_url")
+# Longest long-poll on /status?wait=: below common proxy and client read timeouts.
+MAX_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -159,8 +162,28 @@ def _accepted(request: web.Request, job: Job, status: int) -> web.Response:
     )
 
 
+def _check_same_job(existing: Job, sha256: str, model: str, language: str | None, task: Task) -> None:
+    """A resubmitted job_id must mean the same work, or the client would get another job's result."""
+    if existing.audio_sha256 != sha256:
+        raise JobConflict(
+            f"Job {existing.job_id!r} already exists with different audio; choose another job_id or omit it."
+        )
+    # An unset language means "detect"; the journal stores the detected one once the job ran.
+    same_language = language is None or existing.language is None or language == existing.language
+    if existing.model != model or existing.task is not task or not same_language:
+        raise JobConflict(
+            f"Job {existing.job_id!r} already exists with model={existing.model}, "
+            f"language={existing.language}, task={existing.task.value}; choose another job_id "
+            "for different options."
+        )
+
+
 async def transcribe(request: web.Request) -> web.Response:
-    """Accept an upload as a queued job: 202 when new, 200 when the same job already exists."""
+    """Accept an upload as a queued job.
+
+    202 when new (or when a failed job is submitted again: it is queued afresh), 200 when the
+    same job already exists, 409 when the job_id is taken by different audio or options.
+    """
     form = await _read_form(request)
     upload = form.upload
     try:
@@ -176,33 +199,32 @@ async def transcribe(request: web.Request) -> web.Response:
         layout = request.app[LAYOUT]
         async with request.app[SUBMIT_LOCK]:
             existing = await journal.get(job_id)
+            retry = False
             if existing is not None:
-                if existing.audio_sha256 != upload.sha256:
-                    raise JobConflict(
-                        f"Job {job_id!r} already exists with different audio; "
-                        "choose another job_id or omit it."
-                    )
-                return _accepted(request, existing, 200)
+                _check_same_job(existing, upload.sha256, model, language, task)
+                if existing.status is not JobStatus.FAILED:
+                    return _accepted(request, existing, 200)
+                retry = True  # the same upload again after a failure: run it again
             audio_file = _audio_name(job_id, form.filename)
             target = layout.audio_path(audio_file)
             await loop.run_in_executor(None, storage.commit_upload, upload, target)
+            new = NewJob(
+                job_id=job_id,
+                audio_file=audio_file,
+                audio_sha256=upload.sha256,
+                audio_bytes=upload.size,
+                original_filename=form.filename,
+                model=model,
+                language=language,
+                task=task,
+                callback_url=callback_url,
+                duration_s=info.duration_s,
+            )
             try:
-                job = await journal.insert(
-                    NewJob(
-                        job_id=job_id,
-                        audio_file=audio_file,
-                        audio_sha256=upload.sha256,
-                        audio_bytes=upload.size,
-                        original_filename=form.filename,
-                        model=model,
-                        language=language,
-                        task=task,
-                        callback_url=callback_url,
-                        duration_s=info.duration_s,
-                    )
-                )
+                job = await (journal.replace_failed(new) if retry else journal.insert(new))
             except (sqlite3.Error, OSError):
-                target.unlink(missing_ok=True)
+                if not retry:  # a retry's audio file is the failed job's, byte for byte
+                    target.unlink(missing_ok=True)
                 raise
     finally:
         if upload is not None:
@@ -253,8 +275,44 @@ def _message(job: Job, position: int | None) -> str:
     return f"Failed: {job.error}"
 
 
+def _wait_seconds(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait must be a number of seconds, got {raw!r}.") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds, got {raw!r}.")
+    return min(seconds, MAX_WAIT_SECONDS)
+
+
+async def _wait_until_finished(request: web.Request, job: Job, seconds: float) -> Job:
+    """Hold the request until the job is completed or failed, the wait runs out, or shutdown."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    watch, worker = request.app[WATCH], request.app[WORKER]
+    while not job.status.finished and not worker.stopping:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        with watch.watching(job.job_id) as changed:
+            job = await _get_job(request)  # read after subscribing, so no wake-up is missed
+            if job.status.finished:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed, remaining)
+        job = await _get_job(request)
+    return job
+
+
 async def status(request: web.Request) -> web.Response:
+    """The job's state; with ?wait=N, answers as soon as the job finishes (or after N seconds)."""
+    wait = _wait_seconds(request)
     job = await _get_job(request)
+    if wait > 0:
+        job = await _wait_until_finished(request, job, wait)
     position = await request.app[JOURNAL].queue_position(job) if job.status is JobStatus.QUEUED else None
     body: dict[str, Any] = {
         "job_id": job.job_id,
@@ -312,6 +370,8 @@ async def health(request: web.Request) -> web.Response:
         "device": request.app[ENGINE].device,
         "worker": worker.state.value,
         "processing": worker.current_job,
+        "active_jobs": list(worker.active_jobs),
+        "workers": settings.workers,
         "queue_size": await request.app[JOURNAL].count(JobStatus.QUEUED),
         "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
         "version": __version__,

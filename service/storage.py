@@ -56,6 +56,7 @@ class StorageLocked(RuntimeError):
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    model_dir: Path | None = None  # a separate volume in containers; default <root>/models
 
     @property
     def journal(self) -> Path:
@@ -71,7 +72,7 @@ class Layout:
 
     @property
     def models(self) -> Path:
-        return self.root / "models"
+        return self.model_dir if self.model_dir is not None else self.root / "models"
 
     @property
     def tmp(self) -> Path:

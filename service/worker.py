@@ -1,7 +1,8 @@
-"""The worker: owns the models and drains the journal's queue one job at a time, oldest first.
+"""The worker: owns the models and drains the journal's queue, oldest first.
 
-Model loads and decodes run on one dedicated inference thread (one openai-whisper model must
-never decode twice at once); audio decoding and file writes run on the default executor.
+Model loads and decodes run on dedicated inference threads, one per concurrent job (one
+openai-whisper model must never decode twice at once, so that engine gets exactly one);
+audio decoding and file writes run on the default executor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from service.jobs import Job
 from service.journal import Journal
 from service.settings import Settings
 from service.storage import Layout, write_json_atomic
+from service.watch import JobWatch
 
 log = logging.getLogger(__name__)
 
@@ -41,46 +43,64 @@ class WorkerState(StrEnum):
 
 
 class Worker:
-    def __init__(self, settings: Settings, journal: Journal, layout: Layout, engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        layout: Layout,
+        engine: Engine,
+        watch: JobWatch | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.layout = layout
         self.engine = engine
+        self.watch = watch if watch is not None else JobWatch()
         self.state = WorkerState.STARTING
-        self.current_job: str | None = None
+        self.active_jobs: list[str] = []
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self._models: OrderedDict[str, Any] = OrderedDict()
+        self._load_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._inference = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="inference")
 
     @property
     def model_loaded(self) -> bool:
         return self.settings.model in self._models
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def current_job(self) -> str | None:
+        return self.active_jobs[0] if self.active_jobs else None
 
     def wake(self) -> None:
         self._wake.set()
 
     # -- models -----------------------------------------------------------------------
     async def _model(self, name: str) -> Any:
-        if name in self._models:
-            self._models.move_to_end(name)
-            return self._models[name]
-        loop = asyncio.get_running_loop()
-        previous = self.state
-        self.state = WorkerState.LOADING_MODEL
-        started = time.monotonic()
-        try:
-            model = await loop.run_in_executor(self._inference, self.engine.load, name)
-        finally:
-            self.state = previous
-        log.info("model %s loaded in %.1f s on %s", name, time.monotonic() - started, self.engine.device)
-        self._models[name] = model
-        extras = [key for key in self._models if key != self.settings.model]
-        while len(extras) > EXTRA_MODELS_CACHED:
-            del self._models[extras.pop(0)]
-        return model
+        async with self._load_lock:  # two slots asking for one model load it once
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+            loop = asyncio.get_running_loop()
+            previous = self.state
+            self.state = WorkerState.LOADING_MODEL
+            started = time.monotonic()
+            try:
+                model = await loop.run_in_executor(self._inference, self.engine.load, name)
+            finally:
+                self.state = previous
+            log.info("model %s loaded in %.1f s on %s", name, time.monotonic() - started, self.engine.device)
+            self._models[name] = model
+            extras = [key for key in self._models if key != self.settings.model]
+            while len(extras) > EXTRA_MODELS_CACHED:
+                del self._models[extras.pop(0)]
+            return model
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -93,7 +113,16 @@ class Worker:
             self.fatal.set()
             return
         self.state = WorkerState.READY
-        log.info("model %s ready; waiting for jobs", self.settings.model)
+        log.info(
+            "model %s ready on %s; waiting for jobs (%d at a time)",
+            self.settings.model,
+            self.engine.device,
+            self.settings.workers,
+        )
+        await asyncio.gather(*(self._drain() for _ in range(self.settings.workers)))
+
+    async def _drain(self) -> None:
+        """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
         while not self._stopping:
             self._wake.clear()
             job = await self.journal.claim_next()
@@ -104,16 +133,17 @@ class Worker:
             await self._process(job)
 
     async def stop(self) -> None:
-        """Interrupt the running decode between windows; the job goes back to the queue."""
+        """Interrupt running decodes between windows; their jobs go back to the queue."""
         self._stopping = True
         self.state = WorkerState.STOPPING
         self._wake.set()
+        self.watch.notify_all()
 
     def close(self) -> None:
         self._inference.shutdown(wait=True, cancel_futures=True)
 
     async def _process(self, job: Job) -> None:
-        self.current_job = job.job_id
+        self.active_jobs.append(job.job_id)
         self.state = WorkerState.BUSY
         started = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
@@ -141,8 +171,9 @@ class Worker:
             log.exception("job %s: failed", job.job_id)
             await self.journal.fail(job.job_id, f"Transcription failed: {type(exc).__name__}: {exc}")
         finally:
-            self.current_job = None
-            if not self._stopping:
+            self.active_jobs.remove(job.job_id)
+            self.watch.notify(job.job_id)
+            if not self._stopping and not self.active_jobs:
                 self.state = WorkerState.READY
 
     async def _transcribe(self, job: Job) -> Result:

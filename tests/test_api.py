@@ -360,6 +360,33 @@ async def test_same_job_id_other_audio_is_409(
     assert (settings.storage_dir / "pending" / "mine.wav").read_bytes() == eval_clip(CLIP).read_bytes()
 
 
+async def test_same_job_id_other_options_is_409(fake: tuple[TestClient[Any, Any], FakeEngine]) -> None:
+    client, _ = fake
+    assert (await client.post("/transcribe", data=form(eval_clip(CLIP), job_id="opts"))).status == 202
+    resp = await client.post("/transcribe", data=form(eval_clip(CLIP), job_id="opts", model="base"))
+    assert resp.status == 409
+    assert "already exists with model=tiny.en" in (await resp.json())["error"]
+    resp = await client.post("/transcribe", data=form(eval_clip(CLIP), job_id="opts", task="translate"))
+    assert resp.status == 400  # English-only model: refused before the job is even looked up
+
+
+async def test_resubmitting_a_failed_job_runs_it_again(
+    fake: tuple[TestClient[Any, Any], FakeEngine], settings: Settings
+) -> None:
+    client, engine = fake
+    engine.fail_with = RuntimeError("transient trouble")
+    assert (await client.post("/transcribe", data=form(eval_clip(CLIP), job_id="again"))).status == 202
+    failed = await wait_status(client, "again", {"failed", "completed"})
+    assert failed["status"] == "failed"
+    engine.fail_with = None
+    resp = await client.post("/transcribe", data=form(eval_clip(CLIP), job_id="again"))
+    assert resp.status == 202
+    assert await resp.json() == {"job_id": "again", "status": "queued"}
+    done = await wait_status(client, "again", {"failed", "completed"})
+    assert done["status"] == "completed" and done["attempts"] == 1 and "error" not in done
+    assert leftover_files(settings) == ["again.wav"]
+
+
 async def test_concurrent_identical_submissions_make_one_job(
     fake: tuple[TestClient[Any, Any], FakeEngine], settings: Settings
 ) -> None:

@@ -36,6 +36,10 @@ def test_environment_then_flags() -> None:
         (["--engine", "nope"], {}, "invalid choice"),
         (["--beam-size", "0"], {}, "beam_size"),
         ([], {"SERVICE_PORT": "eighty"}, "SERVICE_PORT must be an integer"),
+        (["--workers", "2"], {}, "needs --engine faster-whisper"),
+        (["--workers", "0", "--engine", "faster-whisper"], {}, "workers must be at least 1"),
+        (["--threads", "-1"], {}, "threads must be 0"),
+        (["--compute-type", "int4"], {}, "invalid choice"),
     ],
 )
 def test_bad_values_exit_with_a_message(
@@ -46,3 +50,19 @@ def test_bad_values_exit_with_a_message(
     assert exc.value.code != 0
     out = capsys.readouterr()
     assert fragment in out.err + str(exc.value.code)
+
+
+def test_engine_threads_and_model_dir_settings() -> None:
+    env = {
+        "SERVICE_ENGINE": "faster-whisper",
+        "SERVICE_WORKERS": "2",
+        "SERVICE_THREADS": "4",
+        "SERVICE_MODEL_DIR": "/models",
+        "SERVICE_COMPUTE_TYPE": "float32",
+    }
+    settings = parse_settings([], env=env)
+    assert (settings.engine, settings.workers, settings.threads) == ("faster-whisper", 2, 4)
+    assert (settings.model_dir, settings.compute_type) == (Path("/models"), "float32")
+    assert parse_settings([], env={}).model_dir is None
+    settings = parse_settings(["--threads", "1", "--model-dir", "/m2"], env=env)
+    assert (settings.threads, settings.model_dir) == (1, Path("/m2"))

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from service.cpus import threads_per_worker
 from service.engines.base import Engine
 from service.settings import Settings
+from service.storage import Layout
 
 
-def create_engine(settings: Settings) -> Engine:
-    """Import lazily: torch and whisper are heavy, and only the chosen engine is needed."""
+def create_engine(settings: Settings, models_dir: Path | None = None) -> Engine:
+    """Import lazily: torch and CTranslate2 are heavy, and only the chosen engine is needed."""
+    if models_dir is None:
+        models_dir = Layout(settings.storage_dir, settings.model_dir).models
+    threads = threads_per_worker(settings.threads, settings.workers)
     if settings.engine == "openai-whisper":
         from service.engines.openai_whisper import OpenAIWhisperEngine
 
-        return OpenAIWhisperEngine(settings.storage_dir / "models", device=settings.device)
+        return OpenAIWhisperEngine(models_dir, device=settings.device, threads=threads)
+    if settings.engine == "faster-whisper":
+        from service.engines.faster_whisper import FasterWhisperEngine
+
+        return FasterWhisperEngine(
+            models_dir,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            threads=threads,
+            workers=settings.workers,
+        )
     raise ValueError(f"unknown engine {settings.engine!r}")

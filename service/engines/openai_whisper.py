@@ -63,11 +63,14 @@ def _install_progress_hook() -> None:
 class OpenAIWhisperEngine:
     name = "openai-whisper"
 
-    def __init__(self, models_dir: Path, device: str = "auto") -> None:
+    def __init__(self, models_dir: Path, device: str = "auto", threads: int = 0) -> None:
         self.models_dir = models_dir
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
+        if threads > 0:
+            # torch sizes its pool from the host's cores, which oversubscribes a container's quota.
+            torch.set_num_threads(threads)
         _install_progress_hook()
 
     # -- names ------------------------------------------------------------------------

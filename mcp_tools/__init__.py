@@ -1,0 +1,1 @@
+"""MCP tools and an HTTP client for the transcription service."""
