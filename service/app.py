@@ -16,10 +16,13 @@ from service.engines import create_engine
 from service.engines.base import Engine
 from service.errors import ServiceError
 from service.journal import Journal
+from service.models import ModelManager
+from service.process_runner import ProcessRunner
+from service.runner import Runner, ThreadRunner
 from service.settings import Settings
 from service.storage import Layout
 from service.watch import JobWatch
-from service.worker import Worker
+from service.worker import ProgressWriter, Worker
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ServiceError as exc:
-        return error_response(exc.status, exc.message)
+        retry = {"Retry-After": "5"} if exc.status == 503 else None
+        return error_response(exc.status, exc.message, retry)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -91,7 +95,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
-        await loop.run_in_executor(None, worker.close)
+        await worker.close()
         await journal.close()
         lock.close()
 
@@ -107,15 +111,30 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     `engine` lets tests substitute a fake; by default the one named in settings is used.
     """
     layout = Layout(settings.storage_dir, settings.model_dir)
-    engine = engine if engine is not None else create_engine(settings, layout.models)
     journal = Journal(layout.journal)
+    progress = ProgressWriter(journal)
+    runner: Runner
+    if engine is None and settings.isolation == "process":
+        # The engine object here only answers questions about model names; models live in the child.
+        engine = create_engine(settings, layout.models)
+        runner = ProcessRunner(settings, layout.models, progress)
+    else:
+        engine = engine if engine is not None else create_engine(settings, layout.models)
+        manager = ModelManager(
+            engine,
+            settings.model,
+            max_models=settings.max_models,
+            memory_budget_mib=settings.model_memory_mb,
+            idle_seconds=settings.model_idle_seconds,
+        )
+        runner = ThreadRunner(manager, settings.workers, progress)
     app = web.Application(middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[LAYOUT] = layout
     app[ENGINE] = engine
     app[JOURNAL] = journal
     app[WATCH] = JobWatch()
-    app[WORKER] = Worker(settings, journal, layout, engine, app[WATCH])
+    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH])
     app[SUBMIT_LOCK] = asyncio.Lock()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_service_ctx)

@@ -91,3 +91,31 @@ def decode(path: Path) -> np.ndarray:
     if pcm.size == 0:
         raise InvalidAudio("The audio contains no samples.")
     return pcm.astype(np.float32) / 32768.0
+
+
+def decode_channels(path: Path) -> np.ndarray:
+    """Decode the first audio stream to 16 kHz float32 keeping its channels: shape (channels, samples).
+
+    For recordings with one speaker per channel (calls), which are transcribed channel by channel.
+    """
+    chunks: list[np.ndarray] = []
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise UnsupportedAudio("The file has no audio stream.")
+        stream = container.streams.audio[0]
+        channels = stream.codec_context.channels or 1
+        # Planar output keeps each channel in its own row, whatever the source layout.
+        layout = stream.codec_context.layout.name if channels > 1 else "mono"
+        resampler = av.AudioResampler(format="s16p", layout=layout, rate=SAMPLE_RATE)
+        try:
+            for frame in container.decode(stream):
+                frame.pts = None
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(channels, -1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(channels, -1))
+        except av.error.FFmpegError as exc:
+            raise UnsupportedAudio(f"The audio cannot be decoded: {exc}") from exc
+    if not chunks or sum(chunk.shape[1] for chunk in chunks) == 0:
+        raise InvalidAudio("The audio contains no samples.")
+    return np.concatenate(chunks, axis=1).astype(np.float32) / 32768.0

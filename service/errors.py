@@ -47,3 +47,15 @@ class ModelUnavailable(ServiceError):
     """A model name that cannot be resolved or loaded on this machine."""
 
     status = 400
+
+
+class ModelBusy(ServiceError):
+    """The model cannot be unloaded now: it is the default, or a job is using it."""
+
+    status = 409
+
+
+class ServiceUnavailable(ServiceError):
+    """The service cannot take this request now (shutting down); retrying later will work."""
+
+    status = 503

@@ -63,6 +63,7 @@ class Job:
     created_at: float
     started_at: float | None
     completed_at: float | None
+    note: str | None = None  # e.g. the model fell back to the default
 
 
 def iso_time(timestamp: float | None) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    completed_at REAL
+    completed_at REAL,
+    note TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 """
@@ -45,7 +46,13 @@ CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 _COLUMNS = (
     "job_id, seq, status, audio_file, audio_sha256, audio_bytes, original_filename, model, "
     "language, task, callback_url, duration_s, progress, error, attempts, created_at, "
-    "started_at, completed_at"
+    "started_at, completed_at, note"
+)
+# Columns added after the first release, created on older journals at open.
+_ADDED_COLUMNS = {"note": "TEXT"}
+_CRASHED = (
+    "The worker crashed on this job {attempts} times; giving up. "
+    "The audio may be malformed or too large for this machine."
 )
 
 
@@ -86,6 +93,20 @@ def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
     return job
 
 
+def _requeue_or_fail(conn: sqlite3.Connection, job_id: str, attempts: int, limit: int, now: float) -> bool:
+    if attempts >= limit:
+        conn.execute(
+            "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
+            (JobStatus.FAILED.value, now, _CRASHED.format(attempts=attempts), job_id),
+        )
+        return True
+    conn.execute(
+        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL WHERE job_id = ?",
+        (JobStatus.QUEUED.value, job_id),
+    )
+    return False
+
+
 class Journal:
     """Async facade over the SQLite journal."""
 
@@ -112,6 +133,11 @@ class Journal:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.isolation_level = "DEFERRED"
         conn.executescript(_SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        conn.commit()
         self._conn = conn
 
     async def open(self) -> None:
@@ -190,16 +216,31 @@ class Journal:
 
         return await self._run(op)
 
-    async def claim_next(self) -> Job | None:
-        """Move the oldest queued job to processing and count the attempt."""
+    async def claim_next(self, prefer: Collection[str] = (), patience_s: float = 0.0) -> Job | None:
+        """Move the next queued job to processing and count the attempt.
+
+        The oldest job goes first, except that a job for a model in `prefer` (the loaded ones)
+        may overtake it while the oldest has waited less than `patience_s`: mixed queues then
+        do not reload models back and forth, and no job waits on that account for long.
+        """
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "SELECT job_id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
+                "SELECT job_id, model, created_at FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
                 (JobStatus.QUEUED.value,),
             ).fetchone()
             if row is None:
                 return None
+            if prefer and row[1] not in prefer and time.time() - row[2] < patience_s:
+                marks = ", ".join("?" for _ in prefer)
+                row = (
+                    conn.execute(
+                        f"SELECT job_id FROM jobs WHERE status = ? AND model IN ({marks}) "
+                        "ORDER BY seq LIMIT 1",
+                        (JobStatus.QUEUED.value, *prefer),
+                    ).fetchone()
+                    or row
+                )
             conn.execute(
                 "UPDATE jobs SET status = ?, started_at = ?, progress = 0, attempts = attempts + 1 "
                 "WHERE job_id = ?",
@@ -252,27 +293,30 @@ class Journal:
             requeued, failed = [], []
             now = time.time()
             for job_id, attempts in rows:
-                if attempts >= max_attempts:
-                    conn.execute(
-                        "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
-                        (
-                            JobStatus.FAILED.value,
-                            now,
-                            f"The worker crashed on this job {attempts} times; giving up. "
-                            "The audio may be malformed or too large for this machine.",
-                            job_id,
-                        ),
-                    )
+                if _requeue_or_fail(conn, job_id, attempts, max_attempts, now):
                     failed.append(job_id)
                 else:
-                    conn.execute(
-                        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL WHERE job_id = ?",
-                        (JobStatus.QUEUED.value, job_id),
-                    )
                     requeued.append(job_id)
             return requeued, failed
 
         return await self._run(op)
+
+    async def requeue_crashed(self, job_id: str, max_attempts: int) -> bool:
+        """The worker died holding this job: back to the queue, or failed past the limit (True)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT attempts FROM jobs WHERE job_id = ? AND status = ?",
+                (job_id, JobStatus.PROCESSING.value),
+            ).fetchone()
+            return row is not None and _requeue_or_fail(conn, job_id, row[0], max_attempts, time.time())
+
+        return await self._run(op)
+
+    async def set_note(self, job_id: str, note: str) -> None:
+        await self._run(
+            lambda conn: conn.execute("UPDATE jobs SET note = ? WHERE job_id = ?", (note, job_id))
+        )
 
     async def release(self, job_id: str) -> None:
         """Put an interrupted job back at its place in the queue without counting the attempt."""

@@ -27,6 +27,7 @@ from service.errors import (
     InvalidAudio,
     JobConflict,
     JobNotFound,
+    ServiceUnavailable,
     TranscriptNotReady,
 )
 from service.jobs import JOB_ID_PATTERN, Job, JobStatus, NewJob, Task, iso_time
@@ -184,6 +185,8 @@ async def transcribe(request: web.Request) -> web.Response:
     202 when new (or when a failed job is submitted again: it is queued afresh), 200 when the
     same job already exists, 409 when the job_id is taken by different audio or options.
     """
+    if request.app[WORKER].stopping:
+        raise ServiceUnavailable("The service is shutting down; send the upload again in a moment.")
     form = await _read_form(request)
     upload = form.upload
     try:
@@ -334,6 +337,8 @@ async def status(request: web.Request) -> web.Response:
         body["transcript"] = (await _load_result(request, job))["text"]
     if job.status is JobStatus.FAILED:
         body["error"] = job.error
+    if job.note:
+        body["note"] = job.note
     return web.json_response(body)
 
 
@@ -359,9 +364,14 @@ async def download(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Answers from memory and one indexed count: fast even while a decode runs."""
+    """Answers from memory and one indexed count: fast even while a decode runs.
+
+    200 only while a model is ready to take jobs; 503 while starting, loading, restarting the
+    inference process, stopping, or broken, so health checks and load balancers act on it.
+    """
     worker = request.app[WORKER]
     settings = request.app[SETTINGS]
+    ready = worker.model_loaded and not worker.stopping and worker.fatal_error is None
     body = {
         "status": "ok" if worker.fatal_error is None else "error",
         "model_loaded": worker.model_loaded,
@@ -369,6 +379,9 @@ async def health(request: web.Request) -> web.Response:
         "engine": settings.engine,
         "device": request.app[ENGINE].device,
         "worker": worker.state.value,
+        "isolation": settings.isolation,
+        "worker_pid": worker.runner.pid,
+        "worker_restarts": worker.runner.restarts,
         "processing": worker.current_job,
         "active_jobs": list(worker.active_jobs),
         "workers": settings.workers,
@@ -378,7 +391,50 @@ async def health(request: web.Request) -> web.Response:
     }
     if worker.fatal_error is not None:
         body["error"] = worker.fatal_error
-    return web.json_response(body)
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """What can be used: known names, which load offline, which are on disk, which are in memory."""
+    settings, worker = request.app[SETTINGS], request.app[WORKER]
+    engine = request.app[ENGINE]
+    loaded = {str(m["name"]): m for m in await worker.runner.models()}
+    listed = await asyncio.get_running_loop().run_in_executor(None, engine.list_models)
+    models = []
+    for entry in listed:
+        info = loaded.pop(str(entry["name"]), None)
+        models.append(
+            {**entry, "default": entry["name"] == settings.model, "loaded": info is not None, **(info or {})}
+        )
+    for name, info in loaded.items():  # e.g. an operator's checkpoint path as the default
+        models.append(
+            {"name": name, "bundled": False, "on_disk": True, "offline": True, "loaded": True, **info}
+        )
+    return web.json_response({"default": settings.model, "engine": settings.engine, "models": models})
+
+
+def _model_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    settings = request.app[SETTINGS]
+    if name != settings.model:
+        request.app[ENGINE].check_model_name(name)
+        if "/" in name or "\\" in name:
+            raise BadRequest("model must be a model name, not a path.")
+    return name
+
+
+async def load_model(request: web.Request) -> web.Response:
+    """Warm a model by hand, so the first job for it does not wait for the load."""
+    name = _model_name(request)
+    info = await request.app[WORKER].load_model(name)
+    return web.json_response({"name": name, "loaded": True, **info})
+
+
+async def unload_model(request: web.Request) -> web.Response:
+    name = _model_name(request)
+    if not await request.app[WORKER].unload_model(name):
+        raise JobNotFound(f"Model {name} is not loaded.")
+    return web.json_response({"name": name, "loaded": False})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -386,3 +442,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/status/{job_id}", status, name="status")
     app.router.add_get("/download/{job_id}", download, name="download")
     app.router.add_get("/health", health, name="health")
+    app.router.add_get("/models", list_models, name="models")
+    app.router.add_post("/models/{name}/load", load_model, name="load_model")
+    app.router.add_delete("/models/{name}", unload_model, name="unload_model")

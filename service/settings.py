@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENGINES = ("openai-whisper", "faster-whisper")
+ISOLATION = ("process", "thread")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -37,6 +38,19 @@ class Settings:
     beam_size: int = 5
     # A job whose worker died this many times is failed instead of being retried forever.
     max_attempts: int = 3
+    # Inference in a supervised child process (a crash there leaves the API up) or a thread.
+    isolation: str = "process"
+    # Models kept in memory at once, the default included; and their memory budget (0: none).
+    max_models: int = 2
+    model_memory_mb: int = 0
+    # Models other than the default are unloaded after this long unused; -1 keeps them.
+    model_idle_seconds: float = 300.0
+    # When a job's model cannot be loaded, run it on the default model (and say so) instead.
+    model_fallback: bool = False
+    # Longest a job may run; 0 scales with the audio (see worker.job_timeout).
+    job_timeout: float = 0.0
+    # On SIGTERM, how long a running job may take to finish before it is put back in the queue.
+    shutdown_grace: float = 5.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -59,6 +73,12 @@ class Settings:
             raise ValueError(
                 "workers > 1 needs --engine faster-whisper: openai-whisper decodes one file at a time"
             )
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {', '.join(ISOLATION)}")
+        if self.max_models < 1:
+            raise ValueError("max_models must be at least 1")
+        if self.model_memory_mb < 0 or self.job_timeout < 0 or self.shutdown_grace < 0:
+            raise ValueError("model_memory_mb, job_timeout and shutdown_grace cannot be negative")
         if self.max_upload_bytes <= 0:
             raise ValueError("max_upload_bytes must be positive")
         if self.beam_size < 1:
@@ -75,6 +95,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,6 +195,53 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         help="runs of one job interrupted by crashes before it is failed [SERVICE_MAX_ATTEMPTS]",
     )
     parser.add_argument(
+        "--isolation",
+        choices=ISOLATION,
+        default=env.get("SERVICE_ISOLATION", base.isolation),
+        help="run inference in a supervised child process, or a thread of the server "
+        "[SERVICE_ISOLATION] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-models",
+        type=int,
+        default=_env_int(env, "SERVICE_MAX_MODELS", base.max_models),
+        help="models in memory at once, the default included [SERVICE_MAX_MODELS] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--model-memory-mb",
+        type=int,
+        default=_env_int(env, "SERVICE_MODEL_MEMORY_MB", base.model_memory_mb),
+        help="memory budget for loaded models; 0 means only free memory limits it "
+        "[SERVICE_MODEL_MEMORY_MB] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--model-idle-seconds",
+        type=float,
+        default=_env_float(env, "SERVICE_MODEL_IDLE_SECONDS", base.model_idle_seconds),
+        help="unload a non-default model unused this long; -1 never [SERVICE_MODEL_IDLE_SECONDS] "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--model-fallback",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("SERVICE_MODEL_FALLBACK", "").lower() in ("1", "true", "yes", "on"),
+        help="run a job on the default model when its own cannot be loaded [SERVICE_MODEL_FALLBACK]",
+    )
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=_env_float(env, "SERVICE_JOB_TIMEOUT", base.job_timeout),
+        help="seconds a job may run before it is stopped and failed; 0 scales with the audio's "
+        "length [SERVICE_JOB_TIMEOUT] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=_env_float(env, "SERVICE_SHUTDOWN_GRACE", base.shutdown_grace),
+        help="on SIGTERM, seconds a running job may take to finish before it is requeued "
+        "[SERVICE_SHUTDOWN_GRACE] (default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("SERVICE_LOG_LEVEL", base.log_level),
         help="logging level [SERVICE_LOG_LEVEL] (default %(default)s)",
@@ -185,6 +262,13 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             max_upload_bytes=args.max_upload_mb * 1024**2,
             beam_size=args.beam_size,
             max_attempts=args.max_attempts,
+            isolation=args.isolation,
+            max_models=args.max_models,
+            model_memory_mb=args.model_memory_mb,
+            model_idle_seconds=args.model_idle_seconds,
+            model_fallback=args.model_fallback,
+            job_timeout=args.job_timeout,
+            shutdown_grace=args.shutdown_grace,
             log_level=args.log_level.upper(),
         )
     except ValueError as exc:

@@ -1,8 +1,8 @@
-"""The worker: owns the models and drains the journal's queue, oldest first.
+"""The worker: drains the journal's queue through a runner, which owns the models.
 
-Model loads and decodes run on dedicated inference threads, one per concurrent job (one
-openai-whisper model must never decode twice at once, so that engine gets exactly one);
-audio decoding and file writes run on the default executor.
+It decides what runs next (oldest first, grouped by loaded model), keeps the journal true
+about every outcome (completed, failed, interrupted, crashed, timed out), and stops gracefully.
+Inference itself happens in the runner: a supervised child process, or a thread.
 """
 
 from __future__ import annotations
@@ -11,26 +11,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
-from typing import Any
 
-from service import audio
-from service.engines.base import DecodeOptions, Engine, JobInterrupted, Result
-from service.errors import ServiceError
+from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.errors import ModelUnavailable, ServiceError
 from service.jobs import Job
 from service.journal import Journal
+from service.runner import Runner, TranscribeRequest, WorkerCrashed
 from service.settings import Settings
 from service.storage import Layout, write_json_atomic
 from service.watch import JobWatch
 
 log = logging.getLogger(__name__)
 
-# Models besides the default kept loaded, so alternating between two models does not reload.
-EXTRA_MODELS_CACHED = 1
 # While idle the worker sleeps on an event; the timeout is only a safety net for missed wakes.
 IDLE_POLL_SECONDS = 5.0
+# A job for a loaded model may overtake an older one for another model for this long.
+MODEL_SWITCH_PATIENCE_SECONDS = 120.0
+# After an interrupt (timeout), how long a decode gets to stop before its process is killed.
+KILL_AFTER_SECONDS = 10.0
+# Automatic job timeout: a fixed allowance for loading, plus a multiple of the audio's length
+# (tiny.en on one slow core runs at about 1x real time; larger models on CPU slower still).
+TIMEOUT_BASE_SECONDS = 600.0
+TIMEOUT_PER_AUDIO_SECOND = 10.0
 
 
 class WorkerState(StrEnum):
@@ -38,8 +41,32 @@ class WorkerState(StrEnum):
     LOADING_MODEL = "loading_model"
     READY = "ready"
     BUSY = "busy"
+    RESTARTING = "restarting"
     STOPPING = "stopping"
     ERROR = "error"
+
+
+class JobTimedOut(Exception):
+    pass
+
+
+def job_timeout(settings: Settings, duration_s: float | None) -> float:
+    if settings.job_timeout > 0:
+        return settings.job_timeout
+    return TIMEOUT_BASE_SECONDS + TIMEOUT_PER_AUDIO_SECOND * (duration_s or 3600.0)
+
+
+class ProgressWriter:
+    """The runner's progress sink: writes each report to the journal without waiting for it."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._writes: set[asyncio.Task[None]] = set()  # held, or the loop may drop them mid-write
+
+    def __call__(self, job_id: str, fraction: float) -> None:
+        task = asyncio.ensure_future(self.journal.set_progress(job_id, fraction))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
 
 class Worker:
@@ -48,27 +75,41 @@ class Worker:
         settings: Settings,
         journal: Journal,
         layout: Layout,
-        engine: Engine,
+        runner: Runner,
         watch: JobWatch | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self.layout = layout
-        self.engine = engine
+        self.runner = runner
         self.watch = watch if watch is not None else JobWatch()
-        self.state = WorkerState.STARTING
         self.active_jobs: list[str] = []
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
-        self._models: OrderedDict[str, Any] = OrderedDict()
-        self._load_lock = asyncio.Lock()
+        self.started = False
+        self._loaded_models: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._inference = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="inference")
+        self._grace_task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set while no job runs
+        self._idle.set()
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> WorkerState:
+        if self.fatal_error is not None:
+            return WorkerState.ERROR
+        if self._stopping:
+            return WorkerState.STOPPING
+        if not self.started:
+            return WorkerState.LOADING_MODEL
+        if not self.runner.ready:
+            return WorkerState.RESTARTING
+        return WorkerState.BUSY if self.active_jobs else WorkerState.READY
 
     @property
     def model_loaded(self) -> bool:
-        return self.settings.model in self._models
+        return self.started and self.runner.ready
 
     @property
     def stopping(self) -> bool:
@@ -81,51 +122,48 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
-    # -- models -----------------------------------------------------------------------
-    async def _model(self, name: str) -> Any:
-        async with self._load_lock:  # two slots asking for one model load it once
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-            loop = asyncio.get_running_loop()
-            previous = self.state
-            self.state = WorkerState.LOADING_MODEL
-            started = time.monotonic()
-            try:
-                model = await loop.run_in_executor(self._inference, self.engine.load, name)
-            finally:
-                self.state = previous
-            log.info("model %s loaded in %.1f s on %s", name, time.monotonic() - started, self.engine.device)
-            self._models[name] = model
-            extras = [key for key in self._models if key != self.settings.model]
-            while len(extras) > EXTRA_MODELS_CACHED:
-                del self._models[extras.pop(0)]
-            return model
+    # -- models ---------------------------------------------------------------------------
+    async def load_model(self, name: str) -> dict[str, object]:
+        info = await self.runner.load(name)
+        self._loaded_models.add(name)
+        return info
 
-    # -- the loop ---------------------------------------------------------------------
+    async def unload_model(self, name: str) -> bool:
+        unloaded = await self.runner.unload(name)
+        self._loaded_models.discard(name)
+        return unloaded
+
+    async def _prefer(self) -> set[str]:
+        with contextlib.suppress(Exception):
+            self._loaded_models = {str(m["name"]) for m in await self.runner.models()}
+        return self._loaded_models
+
+    # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
         try:
-            await self._model(self.settings.model)
+            await self.runner.start()  # starts inference and loads the default model
+            self._loaded_models.add(self.settings.model)
         except Exception as exc:
-            self.state = WorkerState.ERROR
             self.fatal_error = f"could not load the default model {self.settings.model!r}: {exc}"
             log.error("%s", self.fatal_error)
             self.fatal.set()
             return
-        self.state = WorkerState.READY
+        self.started = True
         log.info(
-            "model %s ready on %s; waiting for jobs (%d at a time)",
-            self.settings.model,
-            self.engine.device,
-            self.settings.workers,
+            "model %s ready; waiting for jobs (%d at a time)", self.settings.model, self.settings.workers
         )
         await asyncio.gather(*(self._drain() for _ in range(self.settings.workers)))
 
     async def _drain(self) -> None:
         """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
         while not self._stopping:
+            if not self.runner.ready:
+                ready = asyncio.ensure_future(self.runner.wait_ready())
+                await asyncio.wait({ready}, timeout=IDLE_POLL_SECONDS)
+                ready.cancel()
+                continue
             self._wake.clear()
-            job = await self.journal.claim_next()
+            job = await self.journal.claim_next(await self._prefer(), MODEL_SWITCH_PATIENCE_SECONDS)
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
@@ -133,18 +171,31 @@ class Worker:
             await self._process(job)
 
     async def stop(self) -> None:
-        """Interrupt running decodes between windows; their jobs go back to the queue."""
+        """No new job starts; running ones get the grace period, then are interrupted and requeued."""
+        if self._stopping:
+            return
         self._stopping = True
-        self.state = WorkerState.STOPPING
         self._wake.set()
         self.watch.notify_all()
+        self._grace_task = asyncio.create_task(self._interrupt_after_grace())
 
-    def close(self) -> None:
-        self._inference.shutdown(wait=True, cancel_futures=True)
+    async def _interrupt_after_grace(self) -> None:
+        if self.active_jobs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
+        for job_id in list(self.active_jobs):
+            log.info("job %s: still running at shutdown; interrupting it", job_id)
+            self.runner.interrupt(job_id)
 
+    async def close(self) -> None:
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+        await self.runner.close()
+
+    # -- one job --------------------------------------------------------------------------
     async def _process(self, job: Job) -> None:
         self.active_jobs.append(job.job_id)
-        self.state = WorkerState.BUSY
+        self._idle.clear()
         started = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
         try:
@@ -164,6 +215,17 @@ class Worker:
         except JobInterrupted:
             await self.journal.release(job.job_id)
             log.info("job %s: interrupted by shutdown; back in the queue", job.job_id)
+        except JobTimedOut as exc:
+            await self.journal.fail(job.job_id, str(exc))
+            log.warning("job %s: %s", job.job_id, exc)
+        except WorkerCrashed as exc:
+            failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts)
+            log.error(
+                "job %s: %s; %s",
+                job.job_id,
+                exc,
+                "failed after too many crashes" if failed else "back in the queue",
+            )
         except ServiceError as exc:
             await self.journal.fail(job.job_id, exc.message)
             log.warning("job %s: failed: %s", job.job_id, exc.message)
@@ -172,25 +234,43 @@ class Worker:
             await self.journal.fail(job.job_id, f"Transcription failed: {type(exc).__name__}: {exc}")
         finally:
             self.active_jobs.remove(job.job_id)
+            if not self.active_jobs:
+                self._idle.set()
             self.watch.notify(job.job_id)
-            if not self._stopping and not self.active_jobs:
-                self.state = WorkerState.READY
 
     async def _transcribe(self, job: Job) -> Result:
-        loop = asyncio.get_running_loop()
         path = self.layout.audio_path(job.audio_file)
         if not path.is_file():
             raise ServiceError("The job's audio file is missing from the storage directory.")
-        model = await self._model(job.model)
-        pcm = await loop.run_in_executor(None, audio.decode, path)
-
-        def on_progress(fraction: float) -> None:
-            # Runs on the inference thread: hand the write to the loop, never wait for it.
-            if self._stopping and fraction < 1.0:  # the last window done: keep the result
-                raise JobInterrupted
-            asyncio.run_coroutine_threadsafe(self.journal.set_progress(job.job_id, fraction), loop)
-
         options = DecodeOptions(language=job.language, task=job.task.value, beam_size=self.settings.beam_size)
-        return await loop.run_in_executor(
-            self._inference, self.engine.transcribe, model, pcm, options, on_progress
+        request = TranscribeRequest(job.job_id, str(path), job.model, options)
+        try:
+            return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))
+        except ModelUnavailable as exc:
+            if not self.settings.model_fallback or job.model == self.settings.model:
+                raise
+            note = (
+                f"Model {job.model} could not be loaded ({exc.message}); "
+                f"transcribed with the default model {self.settings.model} instead."
+            )
+            log.warning("job %s: %s", job.job_id, note)
+            await self.journal.set_note(job.job_id, note)
+            fallback = TranscribeRequest(job.job_id, str(path), self.settings.model, options)
+            return await self._run_with_timeout(fallback, job_timeout(self.settings, job.duration_s))
+
+    async def _run_with_timeout(self, request: TranscribeRequest, limit_s: float) -> Result:
+        task = asyncio.ensure_future(self.runner.transcribe(request))
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
+        if done:
+            return task.result()
+        log.warning("job %s: over its %.0f s limit; stopping it", request.job_id, limit_s)
+        self.runner.interrupt(request.job_id)
+        done, _ = await asyncio.wait({task}, timeout=KILL_AFTER_SECONDS)
+        if not done:
+            await self.runner.kill()
+        with contextlib.suppress(Exception):
+            await task
+        raise JobTimedOut(
+            f"The job ran longer than its {limit_s:.0f} s limit and was stopped "
+            "(raise --job-timeout for very long audio or slow models)."
         )

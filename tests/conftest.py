@@ -103,6 +103,9 @@ class SharedModelEngine:
     def is_english_only(self, name: str) -> bool:
         return self._inner.is_english_only(name)
 
+    def list_models(self) -> list[dict[str, Any]]:
+        return self._inner.list_models()
+
     def load(self, name: str) -> Any:
         with self._lock:
             if name not in self._models:
@@ -146,6 +149,9 @@ class FakeEngine:
 
     def is_english_only(self, name: str) -> bool:
         return name.endswith(".en")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [{"name": n, "bundled": True, "on_disk": True, "offline": True} for n in ("tiny.en", "tiny")]
 
     def load(self, name: str) -> str:
         if self.load_error is not None:

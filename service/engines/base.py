@@ -20,6 +20,26 @@ class DecodeOptions:
     language: str | None = None
     task: str = "transcribe"
     beam_size: int = 5
+    # Per-word times, so speaker changes can fall between words (diarization asks for them).
+    word_timestamps: bool = False
+
+
+@dataclass
+class Word:
+    """One word with its time span; `word` keeps Whisper's leading space, so words join to text."""
+
+    start: float
+    end: float
+    word: str
+    probability: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "word": self.word,
+            "probability": self.probability,
+        }
 
 
 @dataclass
@@ -30,9 +50,11 @@ class Segment:
     text: str
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    words: list[Word] | None = None
+    speaker: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "start": round(self.start, 3),
             "end": round(self.end, 3),
@@ -40,6 +62,12 @@ class Segment:
             "avg_logprob": self.avg_logprob,
             "no_speech_prob": self.no_speech_prob,
         }
+        # Only when set, so results without them serialise exactly as before.
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
+        if self.words is not None:
+            out["words"] = [word.as_dict() for word in self.words]
+        return out
 
 
 @dataclass
@@ -68,6 +96,10 @@ class Engine(Protocol):
         """Raise ModelUnavailable for a name this engine could never load (cheap, no I/O)."""
 
     def is_english_only(self, name: str) -> bool: ...
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Known model names: `name`, `bundled`, `on_disk`, `offline` (loadable with no network)."""
+        ...
 
     def load(self, name: str) -> Any: ...
 

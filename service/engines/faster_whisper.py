@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment
+from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment, Word
 from service.engines.bundled import bundled_ct2_dir
 from service.errors import ModelUnavailable
 
@@ -33,6 +33,13 @@ def _cuda_available() -> bool:
         return bool(ctranslate2.get_cuda_device_count() > 0)
     except Exception:  # a CPU-only build, or a driver problem: either way, no CUDA
         return False
+
+
+def _words(words: Any) -> list[Word]:
+    return [
+        Word(start=float(w.start), end=float(w.end), word=str(w.word), probability=float(w.probability))
+        for w in words or []
+    ]
 
 
 class FasterWhisperEngine:
@@ -71,6 +78,18 @@ class FasterWhisperEngine:
 
     def is_english_only(self, name: str) -> bool:
         return name.endswith(".en") or Path(name).name.endswith(".en")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every name this engine knows, and whether it can load without the network."""
+        from faster_whisper.utils import _MODELS
+
+        out = []
+        for name, repo in _MODELS.items():
+            bundled = bundled_ct2_dir(name) is not None
+            cached = self.models_dir / "faster-whisper" / ("models--" + repo.replace("/", "--"))
+            on_disk = any(cached.glob("snapshots/*/model.bin"))
+            out.append({"name": name, "bundled": bundled, "on_disk": on_disk, "offline": bundled or on_disk})
+        return out
 
     # -- loading ----------------------------------------------------------------------
     def load(self, name: str) -> Any:
@@ -122,6 +141,7 @@ class FasterWhisperEngine:
             condition_on_previous_text=True,
             vad_filter=False,
             without_timestamps=False,
+            word_timestamps=options.word_timestamps,
         )
         segments: list[Segment] = []
         for index, piece in enumerate(pieces):
@@ -133,6 +153,7 @@ class FasterWhisperEngine:
                     text=str(piece.text),
                     avg_logprob=float(piece.avg_logprob),
                     no_speech_prob=float(piece.no_speech_prob),
+                    words=_words(piece.words) if options.word_timestamps else None,
                 )
             )
             if duration > 0:

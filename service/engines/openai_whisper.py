@@ -20,7 +20,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment
+from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment, Word
 from service.engines.bundled import bundled_ct2_dir
 from service.engines.ct2_import import ModelImportError, cached_import
 from service.errors import ModelUnavailable
@@ -60,6 +60,18 @@ def _install_progress_hook() -> None:
     module.tqdm = _TqdmModule  # type: ignore[attr-defined]
 
 
+def _words(segment: dict[str, Any]) -> list[Word]:
+    return [
+        Word(
+            start=float(w["start"]),
+            end=float(w["end"]),
+            word=str(w["word"]),
+            probability=float(w["probability"]),
+        )
+        for w in segment.get("words", [])
+    ]
+
+
 class OpenAIWhisperEngine:
     name = "openai-whisper"
 
@@ -86,6 +98,17 @@ class OpenAIWhisperEngine:
 
     def is_english_only(self, name: str) -> bool:
         return name.endswith(".en") or Path(name).stem.endswith(".en")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every name this engine knows, and whether it can load without the network."""
+        out = []
+        for name in whisper.available_models():
+            bundled = bundled_ct2_dir(name) is not None
+            on_disk = (self.models_dir / os.path.basename(whisper._MODELS[name])).is_file() or any(
+                self.models_dir.glob(f"{name}-*.pt")
+            )
+            out.append({"name": name, "bundled": bundled, "on_disk": on_disk, "offline": bundled or on_disk})
+        return out
 
     # -- loading ----------------------------------------------------------------------
     def load(self, name: str) -> Whisper:
@@ -148,6 +171,7 @@ class OpenAIWhisperEngine:
                     task=options.task,
                     fp16=self.device == "cuda",
                     verbose=None,
+                    word_timestamps=options.word_timestamps,
                     **beam,
                 )
         finally:
@@ -160,6 +184,7 @@ class OpenAIWhisperEngine:
                 text=str(s["text"]),
                 avg_logprob=float(s["avg_logprob"]),
                 no_speech_prob=float(s["no_speech_prob"]),
+                words=_words(s) if options.word_timestamps else None,
             )
             for s in raw["segments"]
         ]

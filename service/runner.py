@@ -1,0 +1,163 @@
+"""Where inference runs: a supervised child process (the default) or a thread (tests, small installs).
+
+Both runners give the worker the same async interface, so the queue logic above them does not
+care whether a segfault would take down only the child or the whole service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from service import audio
+from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.models import ModelManager
+
+ProgressSink = Callable[[str, float], None]
+# How often idle models are looked for.
+IDLE_CHECK_SECONDS = 15.0
+
+
+def idle_check_seconds(idle_seconds: float) -> float:
+    """Look for idle models often enough that one leaves close to its deadline."""
+    if idle_seconds < 0:
+        return IDLE_CHECK_SECONDS
+    return max(0.5, min(IDLE_CHECK_SECONDS, idle_seconds / 2))
+
+
+class WorkerCrashed(Exception):
+    """The inference process died while it held the job (segfault, OOM kill, kill -9)."""
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    job_id: str
+    audio_path: str
+    model: str
+    options: DecodeOptions
+
+
+def execute(
+    manager: ModelManager,
+    request: TranscribeRequest,
+    should_stop: Callable[[], bool],
+    report: Callable[[float], None],
+) -> Result:
+    """One job's inference: decode the audio once, transcribe it with the model pinned."""
+
+    def on_progress(fraction: float) -> None:
+        if fraction < 1.0 and should_stop():  # the last window done: keep the result
+            raise JobInterrupted
+        report(fraction)
+
+    with manager.using(request.model) as model:
+        pcm = audio.decode(Path(request.audio_path))
+        if should_stop():
+            raise JobInterrupted
+        return manager.engine.transcribe(model, pcm, request.options, on_progress)
+
+
+class Runner(Protocol):
+    pid: int | None
+    restarts: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Start inference and load the default model; raises if that fails."""
+
+    async def wait_ready(self) -> None:
+        """Return once inference can take a job (at once, unless the process is restarting)."""
+
+    async def load(self, name: str) -> dict[str, Any]: ...
+
+    async def unload(self, name: str) -> bool: ...
+
+    async def models(self) -> list[dict[str, Any]]: ...
+
+    async def transcribe(self, request: TranscribeRequest) -> Result: ...
+
+    def interrupt(self, job_id: str) -> None: ...
+
+    async def kill(self) -> None:
+        """Stop a decode that ignores interruption: restarts the process (threads cannot be killed)."""
+
+    async def close(self) -> None: ...
+
+
+class ThreadRunner:
+    """Inference on threads of this process: no isolation, no start-up cost."""
+
+    def __init__(self, manager: ModelManager, workers: int, on_progress: ProgressSink) -> None:
+        self.manager = manager
+        self.pid: int | None = None
+        self.restarts = 0
+        self._on_progress = on_progress
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+        self._stop_flags: dict[str, threading.Event] = {}
+        self._idle_task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        await self.load(self.manager.default)
+        self._idle_task = asyncio.create_task(self._evict_idle_models())
+
+    async def wait_ready(self) -> None:
+        return None
+
+    async def _evict_idle_models(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(idle_check_seconds(self.manager.idle_seconds))
+            await loop.run_in_executor(None, self.manager.evict_idle)
+
+    async def load(self, name: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        entry = await loop.run_in_executor(self._executor, self.manager.load, name)
+        return entry.describe(self.manager.default)
+
+    async def unload(self, name: str) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, self.manager.unload, name)
+
+    async def models(self) -> list[dict[str, Any]]:
+        return self.manager.loaded()
+
+    async def transcribe(self, request: TranscribeRequest) -> Result:
+        loop = asyncio.get_running_loop()
+        flag = self._stop_flags.setdefault(request.job_id, threading.Event())
+
+        def report(fraction: float) -> None:
+            loop.call_soon_threadsafe(self._on_progress, request.job_id, fraction)
+
+        try:
+            return await loop.run_in_executor(
+                self._executor, execute, self.manager, request, flag.is_set, report
+            )
+        finally:
+            self._stop_flags.pop(request.job_id, None)
+
+    def interrupt(self, job_id: str) -> None:
+        flag = self._stop_flags.get(job_id)
+        if flag is not None:
+            flag.set()
+
+    async def kill(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        for flag in self._stop_flags.values():
+            flag.set()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._executor.shutdown(wait=True, cancel_futures=True)
+        )
