@@ -195,7 +195,8 @@ class ModelManager:
                 count = len(self._loaded)
                 held = sum(e.approx_mib for e in self._loaded.values())
             over_count = count >= self.max_models
-            over_budget = self.memory_budget_mib > 0 and held + need > self.memory_budget_mib
+            # The default model must load whatever the budget; it still counts against it.
+            over_budget = name != self.default and 0 < self.memory_budget_mib < held + need
             short = psutil.virtual_memory().available / MIB < need + _RESERVE_MIB
             if not (over_count or over_budget or short):
                 return
@@ -209,7 +210,7 @@ class ModelManager:
                 f"Not enough memory to load model {name}: it needs about {need} MiB and "
                 f"{available:.0f} MiB is available. Use a smaller model or free memory."
             )
-        if self.memory_budget_mib > 0 and held + need > self.memory_budget_mib:
+        if name != self.default and 0 < self.memory_budget_mib < held + need:
             raise ModelUnavailable(
                 f"Model {name} (about {need} MiB) does not fit the model memory budget of "
                 f"{self.memory_budget_mib} MiB next to the models in use."

@@ -111,10 +111,14 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
         return manager.load(name).describe(manager.default)
 
     send(("hello", os.getpid(), engine.device))
+    check_every = idle_check_seconds(settings.model_idle_seconds)
+    next_check = time.monotonic() + check_every
     while True:
         try:
-            if not conn.poll(idle_check_seconds(settings.model_idle_seconds)):
-                manager.evict_idle()
+            if time.monotonic() >= next_check:  # on a clock, however busy the pipe is
+                pool.submit(manager.evict_idle)
+                next_check = time.monotonic() + check_every
+            if not conn.poll(check_every):
                 continue
             message = conn.recv()
         except (EOFError, OSError):
@@ -134,10 +138,7 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
         elif op == "models":
             answer(message[1], manager.loaded)
         elif op == "exit":
-            for flag in stop_flags.values():
-                flag.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            os._exit(0)
+            os._exit(0)  # nothing here is durable: the parent's journal already has the truth
 
 
 # -- the parent -----------------------------------------------------------------------------
@@ -298,6 +299,7 @@ class ProcessRunner:
             proc.kill()
 
     async def close(self) -> None:
+        """End the child; requests in flight fail with WorkerCrashed. Safe to call twice."""
         self._closing = True
         if self._restart_task is not None:
             self._restart_task.cancel()
@@ -308,10 +310,15 @@ class ProcessRunner:
             if conn is not None:
                 conn.send(("exit",))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, proc.join, 5)
+        await loop.run_in_executor(None, proc.join, 2)
         if proc.is_alive():
             proc.kill()
             await loop.run_in_executor(None, proc.join, 5)
+        # The reader thread reports the end; wait for it so no request is left hanging.
+        for _ in range(100):
+            if self._proc is not proc:
+                break
+            await asyncio.sleep(0.02)
 
     # -- requests -------------------------------------------------------------------------
     async def _call(self, op: str, *args: Any) -> Any:

@@ -30,6 +30,8 @@ IDLE_POLL_SECONDS = 5.0
 MODEL_SWITCH_PATIENCE_SECONDS = 120.0
 # After an interrupt (timeout), how long a decode gets to stop before its process is killed.
 KILL_AFTER_SECONDS = 10.0
+# At shutdown, after the grace period and an interrupt, how long before the process is ended.
+STOP_INTERRUPT_SECONDS = 2.0
 # Automatic job timeout: a fixed allowance for loading, plus a multiple of the audio's length
 # (tiny.en on one slow core runs at about 1x real time; larger models on CPU slower still).
 TIMEOUT_BASE_SECONDS = 600.0
@@ -186,6 +188,12 @@ class Worker:
         for job_id in list(self.active_jobs):
             log.info("job %s: still running at shutdown; interrupting it", job_id)
             self.runner.interrupt(job_id)
+        if self.active_jobs:
+            # A decode stops only between 30 s windows; a process need not be waited for.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), STOP_INTERRUPT_SECONDS)
+        if self.active_jobs:
+            await self.runner.close()
 
     async def close(self) -> None:
         if self._grace_task is not None:
@@ -219,6 +227,10 @@ class Worker:
             await self.journal.fail(job.job_id, str(exc))
             log.warning("job %s: %s", job.job_id, exc)
         except WorkerCrashed as exc:
+            if self._stopping:  # ended by the stop itself: not the job's fault
+                await self.journal.release(job.job_id)
+                log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
+                return
             failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts)
             log.error(
                 "job %s: %s; %s",

@@ -114,3 +114,56 @@ async def test_journal_is_wal_and_survives_reopen(tmp_path: Path) -> None:
     await reopened.open()
     assert (await reopened.get("kept")) is not None
     await reopened.close()
+
+
+async def test_loaded_model_jobs_overtake_only_within_patience(journal: Journal) -> None:
+    from dataclasses import replace
+
+    await journal.insert(replace(new_job("other-model"), model="base"))
+    await journal.insert(new_job("loaded-model"))
+    picked = await journal.claim_next(prefer={"tiny.en"}, patience_s=60)
+    assert picked is not None and picked.job_id == "loaded-model"  # no reload for one job
+    await journal.insert(new_job("loaded-2"))
+    picked = await journal.claim_next(prefer={"tiny.en"}, patience_s=0)  # patience spent
+    assert picked is not None and picked.job_id == "other-model"
+
+
+async def test_crash_requeues_until_the_limit_then_fails(journal: Journal) -> None:
+    await journal.insert(new_job("p"))
+    for attempt in (1, 2):
+        claimed = await journal.claim_next()
+        assert claimed is not None and claimed.attempts == attempt
+        failed = await journal.requeue_crashed("p", max_attempts=2)
+        job = await journal.get("p")
+        assert job is not None
+        assert failed is (attempt == 2)
+        assert job.status is (JobStatus.FAILED if attempt == 2 else JobStatus.QUEUED)
+    job = await journal.get("p")
+    assert job is not None and job.error is not None and "crashed on this job 2 times" in job.error
+
+
+async def test_journal_from_before_the_note_column_gains_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the first release's table, without `note`
+        conn.execute(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE, "
+            "status TEXT NOT NULL, audio_file TEXT NOT NULL, audio_sha256 TEXT NOT NULL, "
+            "audio_bytes INTEGER NOT NULL, original_filename TEXT, model TEXT NOT NULL, language TEXT, "
+            "task TEXT NOT NULL, callback_url TEXT, duration_s REAL, progress REAL NOT NULL DEFAULT 0, "
+            "error TEXT, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, "
+            "started_at REAL, completed_at REAL)"
+        )
+        conn.execute(
+            "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, model, task, "
+            "created_at) VALUES ('old', 'queued', 'old.wav', 'x', 1, 'tiny.en', 'transcribe', 1.0)"
+        )
+    journal = Journal(path)
+    await journal.open()
+    try:
+        job = await journal.get("old")
+        assert job is not None and job.note is None
+        await journal.set_note("old", "fell back")
+        job = await journal.get("old")
+        assert job is not None and job.note == "fell back"
+    finally:
+        await journal.close()
