@@ -264,7 +264,8 @@ class TranscriptionClient:
 
     def health(self) -> dict[str, Any]:
         """`GET /health`: is the service up, is the model loaded, how long is the queue."""
-        return self._json(self._request("GET", "/health"), "/health")
+        # 503 is an answer here: the service says it is loading, restarting or stopping.
+        return self._json(self._request("GET", "/health", accept=(503,)), "/health")
 
     def upload(
         self,
@@ -411,8 +412,12 @@ class TranscriptionClient:
         body: MultipartFile | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        accept: tuple[int, ...] = (),
     ) -> requests.Response:
-        """One call with retries. Only idempotent calls reach here: GETs, and uploads with a job id."""
+        """One call with retries. Only idempotent calls reach here: GETs, and uploads with a job id.
+
+        `accept` lists 5xx codes that are answers rather than failures.
+        """
         url = self.base_url + path
         read_timeout = timeout if timeout is not None else self.timeout
         attempt = 0
@@ -441,6 +446,8 @@ class TranscriptionClient:
             finally:
                 if body is not None:
                     body.close()
+            if response.status_code in accept:
+                return response
             if response.status_code >= 500 and attempt <= self.retries:
                 retry_after = response.headers.get("Retry-After")
                 response.close()

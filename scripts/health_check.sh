@@ -71,7 +71,8 @@ fetch_with_curl() {
     fi
     local code=${out##*$'\n'}
     local body=${out%$'\n'*}
-    if [ "$code" != 200 ]; then
+    # 503 carries the same JSON while the model loads or the worker restarts: read it.
+    if [ "$code" != 200 ] && [ "$code" != 503 ]; then
         echo "HTTP $code"
         return 1
     fi
@@ -94,6 +95,9 @@ try:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         sys.stdout.write(response.read().decode("utf-8", "replace"))
 except urllib.error.HTTPError as exc:
+    if exc.code == 503:  # the same JSON, while the model loads or the worker restarts
+        sys.stdout.write(exc.read().decode("utf-8", "replace"))
+        sys.exit(0)
     print(f"HTTP {exc.code}")
     sys.exit(1)
 except (urllib.error.URLError, OSError) as exc:

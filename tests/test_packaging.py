@@ -431,6 +431,7 @@ def test_health_check_passes_only_with_the_model_loaded(client: str, canned_heal
     assert ok.stdout.startswith("healthy: model tiny.en loaded") and "3 job(s) queued" in ok.stdout
 
     canned_health.health(model_loaded=False, worker="loading_model")
+    canned_health.code = 503  # as the service answers until a model is ready
     loading = run_script([HEALTH, canned_health.url + "/health"], env)
     assert loading.returncode == 1
     assert loading.stdout == "unhealthy: model tiny.en not loaded yet (worker loading_model)\n"
@@ -440,6 +441,7 @@ def test_health_check_passes_only_with_the_model_loaded(client: str, canned_heal
     assert failed.returncode == 1
     assert failed.stdout.startswith("unhealthy: status error: no such model")
 
+    canned_health.code = 200
     canned_health.body = "<html>a proxy page</html>"
     other = run_script([HEALTH, canned_health.url], env)
     assert other.returncode == 2
