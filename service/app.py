@@ -120,13 +120,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         runner = ProcessRunner(settings, layout.models, progress)
     else:
         engine = engine if engine is not None else create_engine(settings, layout.models)
-        manager = ModelManager(
-            engine,
-            settings.model,
-            max_models=settings.max_models,
-            memory_budget_mib=settings.model_memory_mb,
-            idle_seconds=settings.model_idle_seconds,
-        )
+        manager = ModelManager.for_settings(engine, settings)
         runner = ThreadRunner(manager, settings.workers, progress)
     app = web.Application(middlewares=[errors_middleware])
     app[SETTINGS] = settings

@@ -25,6 +25,7 @@ import psutil
 
 from service.engines.base import Engine
 from service.errors import ModelBusy, ModelUnavailable
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,16 @@ class ModelManager:
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.RLock()
         self._loading = threading.Lock()  # one load at a time: two big loads at once is how OOMs start
+
+    @classmethod
+    def for_settings(cls, engine: Engine, settings: Settings) -> ModelManager:
+        return cls(
+            engine,
+            settings.model,
+            max_models=settings.max_models,
+            memory_budget_mib=settings.model_memory_mb,
+            idle_seconds=settings.model_idle_seconds,
+        )
 
     # -- queries ------------------------------------------------------------------------
     def loaded(self) -> list[dict[str, Any]]:

@@ -73,13 +73,7 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
     from service.models import ModelManager
 
     engine = create_engine(settings, Path(models_dir))
-    manager = ModelManager(
-        engine,
-        settings.model,
-        max_models=settings.max_models,
-        memory_budget_mib=settings.model_memory_mb,
-        idle_seconds=settings.model_idle_seconds,
-    )
+    manager = ModelManager.for_settings(engine, settings)
     send_lock = threading.Lock()
     stop_flags: dict[str, threading.Event] = {}
     pool = ThreadPoolExecutor(max_workers=settings.workers + 1, thread_name_prefix="inference")

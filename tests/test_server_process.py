@@ -388,7 +388,11 @@ def test_sigterm_mid_job_exits_0_and_refunds_the_attempt(
     rc, elapsed = wait_exit(first, 60, "SIGTERM mid-job")
     log = first.log()
     assert rc == 0, log
-    assert "job term-long: interrupted by shutdown; back in the queue" in log, log
+    # Stopped at a window boundary, or with the inference process if the window ran long.
+    assert (
+        "job term-long: interrupted by shutdown; back in the queue" in log
+        or "job term-long: stopped with the inference process; back in the queue" in log
+    ), log
     assert "did not stop in time" not in log, log
     # Back in the queue with the attempt given back, before anything restarts.
     assert job_row(storage, "term-long") == ("queued", 0, 0.0, None)
