@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench.py: clips and statistics, service processes, in-process baselines, sections."""
