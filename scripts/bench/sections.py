@@ -889,6 +889,7 @@ def fill_journal(storage_dir: Path, count: int) -> float:
         )
         values = [getattr(new, c) for c in columns]
         values = [v.value if isinstance(v, Task) else v for v in values]
+        values = [v.to_json() if hasattr(v, "to_json") else v for v in values]  # JobOptions
         t = now + i
         rows.append((*values, JobStatus.COMPLETED.value, 1.0, 1, t, t + 0.1, t + 1.0))
     names = columns + extra
