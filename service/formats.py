@@ -1,21 +1,29 @@
-"""Transcript renderings. Pure functions from a stored result to text; whisper.utils writes them."""
+"""Transcript renderings. Pure functions from a stored result to text.
+
+whisper.utils writes undiarized transcripts, exactly as before. When segments carry a `speaker`
+(diarization, or one speaker per channel), the speaker goes into every line or cue: `txt` has
+`SPEAKER_1: ...` lines, `srt` cues start `[SPEAKER_1]`, `vtt` cues carry a `<v SPEAKER_1>` voice
+tag, and `rttm` (NIST's diarization exchange format) has one SPEAKER line per speaker turn.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
-from whisper.utils import ResultWriter, WriteSRT, WriteTXT, WriteVTT
+from whisper.utils import ResultWriter, WriteSRT, WriteTXT, WriteVTT, format_timestamp
 
 from service.errors import BadRequest
 
-# format -> (content type, writer class or None for JSON)
+# format -> (content type, whisper writer class, or None for the formats rendered here)
 FORMATS: dict[str, tuple[str, type[ResultWriter] | None]] = {
     "txt": ("text/plain; charset=utf-8", WriteTXT),
     "srt": ("application/x-subrip; charset=utf-8", WriteSRT),
     "vtt": ("text/vtt; charset=utf-8", WriteVTT),
     "json": ("application/json; charset=utf-8", None),
+    "rttm": ("text/plain; charset=utf-8", None),
 }
 
 
@@ -25,16 +33,105 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def render(result: dict[str, Any], fmt: str) -> tuple[str, str]:
-    """Return (body, content type) for a stored result in the asked format."""
+def has_speakers(result: dict[str, Any]) -> bool:
+    return any(segment.get("speaker") for segment in result.get("segments", []))
+
+
+def render(result: dict[str, Any], fmt: str, file_id: str = "audio") -> tuple[str, str]:
+    """Return (body, content type) for a stored result in the asked format.
+
+    `file_id` names the recording in rttm lines (the job id); other formats ignore it.
+    """
     content_type, writer_cls = FORMATS[check_format(fmt)]
-    if writer_cls is None:
+    if fmt == "json":
         return json.dumps(result, ensure_ascii=False, indent=2) + "\n", content_type
+    if fmt == "rttm":
+        return _rttm(result, file_id), content_type
+    if has_speakers(result):
+        return _SPEAKER_RENDERERS[fmt](result), content_type
+    assert writer_cls is not None
+    # Cues follow segments: whisper's writers would time them by words when words are present.
+    plain = {**result, "segments": [_without_words(s) for s in result.get("segments", [])]}
     buffer = io.StringIO()
     # The writers only use output_dir when writing files; rendering to a buffer needs none.
     writer_cls(output_dir="").write_result(
-        result,
+        plain,
         file=buffer,
         options={"max_line_width": None, "max_line_count": None, "highlight_words": False},
     )
     return buffer.getvalue(), content_type
+
+
+def _without_words(segment: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in segment.items() if key != "words"}
+
+
+def _cues(result: dict[str, Any]) -> list[tuple[float, float, str | None, str]]:
+    cues = []
+    for segment in result.get("segments", []):
+        text = str(segment["text"]).strip().replace("-->", "->")
+        if text:
+            cues.append((float(segment["start"]), float(segment["end"]), segment.get("speaker"), text))
+    return cues
+
+
+def _txt_with_speakers(result: dict[str, Any]) -> str:
+    """One line per speaker turn: consecutive segments of one speaker share a line."""
+    lines: list[tuple[str | None, list[str]]] = []
+    for _, _, speaker, text in _cues(result):
+        if lines and lines[-1][0] == speaker:
+            lines[-1][1].append(text)
+        else:
+            lines.append((speaker, [text]))
+    return "".join(
+        f"{speaker}: {' '.join(texts)}\n" if speaker else f"{' '.join(texts)}\n" for speaker, texts in lines
+    )
+
+
+def _srt_with_speakers(result: dict[str, Any]) -> str:
+    out = []
+    for index, (start, end, speaker, text) in enumerate(_cues(result), start=1):
+        label = f"[{speaker}] " if speaker else ""
+        out.append(
+            f"{index}\n{format_timestamp(start, True, ',')} --> {format_timestamp(end, True, ',')}\n"
+            f"{label}{text}\n\n"
+        )
+    return "".join(out)
+
+
+_VOICE_UNSAFE = re.compile(r"[<>&\s]")
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _vtt_with_speakers(result: dict[str, Any]) -> str:
+    out = ["WEBVTT\n\n"]
+    for start, end, speaker, text in _cues(result):
+        # A voice tag's annotation ends at '>'; speaker labels never hold one, but be safe.
+        voice = f"<v {_VOICE_UNSAFE.sub('_', speaker)}>" if speaker else ""
+        out.append(f"{format_timestamp(start)} --> {format_timestamp(end)}\n{voice}{_vtt_escape(text)}\n\n")
+    return "".join(out)
+
+
+def _rttm(result: dict[str, Any], file_id: str) -> str:
+    """`SPEAKER <file> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>`, one line per turn.
+
+    The diarizer's speaker turns when stored (they follow speech closely); else the segments.
+    """
+    if not has_speakers(result):
+        raise BadRequest("The rttm format needs speaker labels: transcribe with diarize=true.")
+    name = re.sub(r"\s+", "_", file_id) or "audio"
+    lines = []
+    for span in result.get("speaker_turns") or result.get("segments", []):
+        speaker = span.get("speaker")
+        start, end = float(span["start"]), float(span["end"])
+        if not speaker or end <= start:
+            continue
+        speaker = re.sub(r"\s+", "_", str(speaker))
+        lines.append(f"SPEAKER {name} 1 {start:.3f} {end - start:.3f} <NA> <NA> {speaker} <NA> <NA>\n")
+    return "".join(lines)
+
+
+_SPEAKER_RENDERERS = {"txt": _txt_with_speakers, "srt": _srt_with_speakers, "vtt": _vtt_with_speakers}

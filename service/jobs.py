@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 # Client-chosen ids become file names: a strict pattern rules out path tricks.
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,6 +30,32 @@ class Task(StrEnum):
 
 
 @dataclass(frozen=True)
+class JobOptions:
+    """Per-job extras beyond model, language and task; stored as JSON in the journal."""
+
+    word_timestamps: bool = False
+    diarize: bool = False
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    split_channels: bool = False  # stereo calls: one speaker per channel
+
+    def to_json(self) -> str | None:
+        values = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        return json.dumps(values, sort_keys=True) if values else None
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> JobOptions:
+        if not raw:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, False)}
+
+
+@dataclass(frozen=True)
 class NewJob:
     """What an accepted upload puts in the journal."""
 
@@ -41,6 +69,7 @@ class NewJob:
     task: Task
     callback_url: str | None
     duration_s: float | None
+    options: JobOptions = field(default_factory=JobOptions)
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ class Job:
     started_at: float | None
     completed_at: float | None
     note: str | None = None  # e.g. the model fell back to the default
+    options: JobOptions = field(default_factory=JobOptions)
 
 
 def iso_time(timestamp: float | None) -> str | None:

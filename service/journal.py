@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.jobs import Job, JobStatus, NewJob, Task
+from service.jobs import Job, JobOptions, JobStatus, NewJob, Task
 
 T = TypeVar("T")
 
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     completed_at REAL,
-    note TEXT
+    note TEXT,
+    options TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 """
@@ -46,10 +47,10 @@ CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 _COLUMNS = (
     "job_id, seq, status, audio_file, audio_sha256, audio_bytes, original_filename, model, "
     "language, task, callback_url, duration_s, progress, error, attempts, created_at, "
-    "started_at, completed_at, note"
+    "started_at, completed_at, note, options"
 )
 # Columns added after the first release, created on older journals at open.
-_ADDED_COLUMNS = {"note": "TEXT"}
+_ADDED_COLUMNS = {"note": "TEXT", "options": "TEXT"}
 _CRASHED = (
     "The worker crashed on this job {attempts} times; giving up. "
     "The audio may be malformed or too large for this machine."
@@ -60,6 +61,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     values = list(row)
     values[2] = JobStatus(values[2])
     values[9] = Task(values[9])
+    values[-1] = JobOptions.from_json(values[-1])
     return Job(*values)
 
 
@@ -71,8 +73,8 @@ def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
 def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
     conn.execute(
         "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, "
-        "original_filename, model, language, task, callback_url, duration_s, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "original_filename, model, language, task, callback_url, duration_s, created_at, options) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new.job_id,
             JobStatus.QUEUED.value,
@@ -86,6 +88,7 @@ def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
             new.callback_url,
             new.duration_s,
             time.time(),
+            new.options.to_json(),
         ),
     )
     job = _fetch(conn, new.job_id)

@@ -30,7 +30,7 @@ from service.errors import (
     ServiceUnavailable,
     TranscriptNotReady,
 )
-from service.jobs import JOB_ID_PATTERN, Job, JobStatus, NewJob, Task, iso_time
+from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time
 from service.storage import ReceivedUpload
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,20 @@ MAX_FIELD_BYTES = 4096
 # Multipart framing (boundaries, part headers) on top of the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
-_TEXT_FIELDS = ("job_id", "model", "language", "task", "callback_url")
+_TEXT_FIELDS = (
+    "job_id",
+    "model",
+    "language",
+    "task",
+    "callback_url",
+    "word_timestamps",
+    "diarize",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
+    "channels",
+)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 # Longest long-poll on /status?wait=: below common proxy and client read timeouts.
 MAX_WAIT_SECONDS = 60.0
 
@@ -101,9 +114,52 @@ async def _read_form(request: web.Request) -> _Form:
     return form
 
 
+def _flag(fields: dict[str, str], name: str) -> bool:
+    value = fields.get(name, "").lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(f"{name} must be true or false, not {fields[name]!r}.")
+
+
+def _count(fields: dict[str, str], name: str) -> int | None:
+    value = fields.get(name, "")
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {value!r}.") from None
+
+
+def _job_options(fields: dict[str, str]) -> JobOptions:
+    channels = fields.get("channels", "mix").lower() or "mix"
+    if channels not in ("mix", "split"):
+        raise BadRequest("channels must be 'mix' (default) or 'split' (one speaker per channel).")
+    options = JobOptions(
+        word_timestamps=_flag(fields, "word_timestamps"),
+        diarize=_flag(fields, "diarize"),
+        num_speakers=_count(fields, "num_speakers"),
+        min_speakers=_count(fields, "min_speakers"),
+        max_speakers=_count(fields, "max_speakers"),
+        split_channels=channels == "split",
+    )
+    counts = (options.num_speakers, options.min_speakers, options.max_speakers)
+    if any(c is not None for c in counts):
+        if not options.diarize:
+            raise BadRequest("num_speakers, min_speakers and max_speakers need diarize=true.")
+        from service.diarization import DiarizationOptions  # checks ranges; raises BadRequest
+
+        DiarizationOptions(*counts)
+    if options.diarize and options.split_channels:
+        raise BadRequest("Use diarize=true or channels=split, not both: split labels speakers by channel.")
+    return options
+
+
 def _validate_fields(
     request: web.Request, fields: dict[str, str]
-) -> tuple[str, str, str | None, Task, str | None]:
+) -> tuple[str, str, str | None, Task, str | None, JobOptions]:
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
 
@@ -143,7 +199,7 @@ def _validate_fields(
         parts = urlsplit(callback_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise BadRequest("callback_url must be an absolute http:// or https:// URL.")
-    return job_id, model, language, task, callback_url
+    return job_id, model, language, task, callback_url, _job_options(fields)
 
 
 def _audio_name(job_id: str, filename: str | None) -> str:
@@ -163,7 +219,9 @@ def _accepted(request: web.Request, job: Job, status: int) -> web.Response:
     )
 
 
-def _check_same_job(existing: Job, sha256: str, model: str, language: str | None, task: Task) -> None:
+def _check_same_job(
+    existing: Job, sha256: str, model: str, language: str | None, task: Task, options: JobOptions
+) -> None:
     """A resubmitted job_id must mean the same work, or the client would get another job's result."""
     if existing.audio_sha256 != sha256:
         raise JobConflict(
@@ -171,6 +229,11 @@ def _check_same_job(existing: Job, sha256: str, model: str, language: str | None
         )
     # An unset language means "detect"; the journal stores the detected one once the job ran.
     same_language = language is None or existing.language is None or language == existing.language
+    if existing.options != options:
+        raise JobConflict(
+            f"Job {existing.job_id!r} already exists with other options "
+            f"({json.dumps(existing.options.describe()) or 'none'}); choose another job_id."
+        )
     if existing.model != model or existing.task is not task or not same_language:
         raise JobConflict(
             f"Job {existing.job_id!r} already exists with model={existing.model}, "
@@ -190,13 +253,15 @@ async def transcribe(request: web.Request) -> web.Response:
     form = await _read_form(request)
     upload = form.upload
     try:
-        job_id, model, language, task, callback_url = _validate_fields(request, form.fields)
+        job_id, model, language, task, callback_url, options = _validate_fields(request, form.fields)
         if upload is None:
             raise BadRequest("The form has no 'file' field; attach the audio as file=@audio.wav.")
         if upload.size == 0:
             raise InvalidAudio("The uploaded file is empty.")
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, audio.probe, upload.path)
+        if options.split_channels and info.channels < 2:
+            raise BadRequest("channels=split needs a recording with two or more channels; this one is mono.")
 
         journal = request.app[JOURNAL]
         layout = request.app[LAYOUT]
@@ -204,7 +269,7 @@ async def transcribe(request: web.Request) -> web.Response:
             existing = await journal.get(job_id)
             retry = False
             if existing is not None:
-                _check_same_job(existing, upload.sha256, model, language, task)
+                _check_same_job(existing, upload.sha256, model, language, task, options)
                 if existing.status is not JobStatus.FAILED:
                     return _accepted(request, existing, 200)
                 retry = True  # the same upload again after a failure: run it again
@@ -222,6 +287,7 @@ async def transcribe(request: web.Request) -> web.Response:
                 task=task,
                 callback_url=callback_url,
                 duration_s=info.duration_s,
+                options=options,
             )
             try:
                 job = await (journal.replace_failed(new) if retry else journal.insert(new))
@@ -327,6 +393,7 @@ async def status(request: web.Request) -> web.Response:
         "task": job.task.value,
         "duration_s": round(job.duration_s, 3) if job.duration_s is not None else None,
         "attempts": job.attempts,
+        "options": job.options.describe(),
         "created_at": iso_time(job.created_at),
         "started_at": iso_time(job.started_at),
         "completed_at": iso_time(job.completed_at),
@@ -353,7 +420,9 @@ async def download(request: web.Request) -> web.Response:
         )
     result = await _load_result(request, job)
     # Rendering hours of segments takes tens of milliseconds: not on the event loop.
-    body, content_type = await asyncio.get_running_loop().run_in_executor(None, formats.render, result, fmt)
+    body, content_type = await asyncio.get_running_loop().run_in_executor(
+        None, formats.render, result, fmt, job.job_id
+    )
     return web.Response(
         text=body,
         headers={

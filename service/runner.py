@@ -10,12 +10,14 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from service import audio
+from service.diarization import DiarizationOptions, Diarizer, merge_channel_results
 from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.jobs import JobOptions
 from service.models import ModelManager
 
 ProgressSink = Callable[[str, float], None]
@@ -40,6 +42,22 @@ class TranscribeRequest:
     audio_path: str
     model: str
     options: DecodeOptions
+    job_options: JobOptions = field(default_factory=JobOptions)
+
+
+_diarizer: Diarizer | None = None
+_diarizer_lock = threading.Lock()
+
+
+def _warm_diarizer() -> Diarizer:
+    """One speaker encoder per process, loaded on the first diarized job and kept."""
+    global _diarizer
+    with _diarizer_lock:
+        if _diarizer is None:
+            diarizer = Diarizer()
+            diarizer.load()
+            _diarizer = diarizer
+        return _diarizer
 
 
 def execute(
@@ -48,18 +66,42 @@ def execute(
     should_stop: Callable[[], bool],
     report: Callable[[float], None],
 ) -> Result:
-    """One job's inference: decode the audio once, transcribe it with the model pinned."""
+    """One job's inference: decode the audio once, transcribe (each channel, when split), and
+    put speakers on the result when asked, with the model pinned throughout."""
+    extras = request.job_options
+    span = [0, 1]  # channels done, channels in all: progress runs 0..1 over every channel
 
     def on_progress(fraction: float) -> None:
-        if fraction < 1.0 and should_stop():  # the last window done: keep the result
+        overall = (span[0] + fraction) / span[1]
+        if extras.diarize:
+            overall *= 0.95  # the speaker pass comes after the last window
+        if overall < 1.0 and should_stop():  # the last window done: keep the result
             raise JobInterrupted
-        report(fraction)
+        report(overall)
 
+    options = request.options
+    if extras.word_timestamps or extras.diarize:
+        options = replace(options, word_timestamps=True)
     with manager.using(request.model) as model:
-        pcm = audio.decode(Path(request.audio_path))
+        path = Path(request.audio_path)
+        if extras.split_channels:
+            channels = audio.decode_channels(path)
+            span[1] = len(channels)
+            results = []
+            for index, pcm in enumerate(channels):
+                span[0] = index
+                results.append(manager.engine.transcribe(model, pcm, options, on_progress))
+            return merge_channel_results(results)
+        pcm = audio.decode(path)
         if should_stop():
             raise JobInterrupted
-        return manager.engine.transcribe(model, pcm, request.options, on_progress)
+        result = manager.engine.transcribe(model, pcm, options, on_progress)
+    if not extras.diarize:
+        return result
+    speakers = DiarizationOptions(extras.num_speakers, extras.min_speakers, extras.max_speakers)
+    result = _warm_diarizer()(pcm, result, speakers)
+    report(1.0)
+    return result
 
 
 class Runner(Protocol):

@@ -255,7 +255,7 @@ class Worker:
         if not path.is_file():
             raise ServiceError("The job's audio file is missing from the storage directory.")
         options = DecodeOptions(language=job.language, task=job.task.value, beam_size=self.settings.beam_size)
-        request = TranscribeRequest(job.job_id, str(path), job.model, options)
+        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options)
         try:
             return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))
         except ModelUnavailable as exc:
@@ -267,7 +267,7 @@ class Worker:
             )
             log.warning("job %s: %s", job.job_id, note)
             await self.journal.set_note(job.job_id, note)
-            fallback = TranscribeRequest(job.job_id, str(path), self.settings.model, options)
+            fallback = TranscribeRequest(job.job_id, str(path), self.settings.model, options, job.options)
             return await self._run_with_timeout(fallback, job_timeout(self.settings, job.duration_s))
 
     async def _run_with_timeout(self, request: TranscribeRequest, limit_s: float) -> Result:

@@ -89,6 +89,44 @@ def test_mean_word_error_rate(clip_results: dict[str, Result]) -> None:
     assert mean <= MEAN_WER_BOUND
 
 
+def test_results_without_word_timestamps_serialise_as_before(clip_results: dict[str, Result]) -> None:
+    for result in clip_results.values():
+        for segment in result.as_dict()["segments"]:
+            assert set(segment) == {"id", "start", "end", "text", "avg_logprob", "no_speech_prob"}
+
+
+# -- word timestamps --------------------------------------------------------------------------
+
+WORDS_CLIP = "picovoice_diarization_test.wav"  # 20 s, three speakers, six segments
+
+
+def check_word_timestamps(result: Result) -> None:
+    """Words are in time order, inside their segment, and join to the segment's text."""
+    assert len(result.segments) >= 3
+    previous_end = 0.0
+    for segment in result.segments:
+        words = segment.words
+        assert words, f"segment {segment.id} has no words: {segment.text!r}"
+        for word in words:
+            assert word.start <= word.end, word
+            assert word.start >= previous_end - 0.01, (word, previous_end)
+            assert segment.start - 0.01 <= word.start and word.end <= segment.end + 0.01, (word, segment)
+            assert word.probability is not None and 0.0 <= word.probability <= 1.0
+            previous_end = word.end
+        assert " ".join("".join(w.word for w in words).split()) == " ".join(segment.text.split())
+        stored = segment.as_dict()["words"]
+        assert [w["word"] for w in stored] == [w.word for w in words]
+        assert {"start", "end", "word", "probability"} == set(stored[0])
+
+
+def test_word_timestamps(real_engine: Any, model: Any) -> None:
+    pcm = audio.decode(eval_clip(WORDS_CLIP))
+    result = real_engine.transcribe(model, pcm, DecodeOptions(word_timestamps=True), _no_progress)
+    print([(w.word, round(w.start, 2), round(w.end, 2)) for s in result.segments for w in s.words or []])
+    check_word_timestamps(result)
+    assert word_error_rate(reference_text(WORDS_CLIP), result.text) <= 0.1
+
+
 # -- progress -------------------------------------------------------------------------------
 
 
@@ -229,6 +267,6 @@ def test_formats_render_a_real_result(long_run: tuple[Result, list[float], float
         [s.start for s in result.segments], abs=5e-4
     )
 
-    assert set(FORMATS) == {"txt", "srt", "vtt", "json"}
+    assert set(FORMATS) == {"txt", "srt", "vtt", "json", "rttm"}
     with pytest.raises(BadRequest, match="Unknown format 'docx'"):
         check_format("docx")

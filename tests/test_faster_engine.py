@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import ENGLISH_CLIPS, ServerProcess, eval_clip, reference_text, word_error_rate
-from test_engine import MEAN_WER_BOUND, WER_BOUNDS
+from test_engine import MEAN_WER_BOUND, WER_BOUNDS, WORDS_CLIP, check_word_timestamps
 
 from service import audio
 from service.cpus import threads_per_worker
@@ -63,6 +63,16 @@ def test_segments_progress_and_formats(results: dict[str, tuple[Result, list[flo
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 2
     srt, _ = render(result.as_dict(), "srt")
     assert srt.startswith("1\n00:00:00,000 --> ") and "-->" in srt
+
+
+def test_word_timestamps(engine: FasterWhisperEngine, model: Any) -> None:
+    pcm = audio.decode(eval_clip(WORDS_CLIP))
+    result = engine.transcribe(model, pcm, DecodeOptions(word_timestamps=True), lambda _: None)
+    check_word_timestamps(result)
+    assert word_error_rate(reference_text(WORDS_CLIP), result.text) <= 0.1
+    plain = engine.transcribe(model, pcm, DecodeOptions(), lambda _: None)
+    assert all(segment.words is None for segment in plain.segments)
+    assert [s.text for s in plain.segments] == [s.text for s in result.segments]
 
 
 def test_progress_callback_can_interrupt(engine: FasterWhisperEngine, model: Any) -> None:

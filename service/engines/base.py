@@ -70,20 +70,37 @@ class Segment:
         return out
 
 
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """One stretch of speech by one speaker (diarization), in seconds."""
+
+    start: float
+    end: float
+    speaker: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "speaker": self.speaker}
+
+
 @dataclass
 class Result:
     text: str
     language: str | None
     duration_s: float
     segments: list[Segment] = field(default_factory=list)
+    # Who spoke when, as found by diarization: finer than segment times (rttm is written from them).
+    speaker_turns: list[SpeakerTurn] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "text": self.text,
             "language": self.language,
             "duration": round(self.duration_s, 3),
             "segments": [segment.as_dict() for segment in self.segments],
         }
+        if self.speaker_turns is not None:
+            out["speaker_turns"] = [turn.as_dict() for turn in self.speaker_turns]
+        return out
 
 
 class Engine(Protocol):

@@ -1,0 +1,127 @@
+"""Group window embeddings by speaker, estimating how many speakers there are when not told.
+
+- `agglomerative`: average linkage on cosine distance (SciPy); the tree is cut at a distance
+  threshold (tuned by measurement) or at the requested number of clusters.
+- `spectral`: a cosine affinity, each row pruned to its nearest neighbours, a normalised
+  Laplacian; the count is the largest eigengap, then k-means on the leading eigenvectors.
+
+Both then drop tiny clusters when the count was estimated (a cough or a laugh makes no new
+speaker) and reassign every window to its nearest centroid, which mends early merge mistakes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLUSTER_METHODS = ("agglomerative", "spectral")
+# Average-linkage cosine distance above which two groups are different speakers: chosen by
+# scripts/bench_diarization.py on joined clips of known readers and the three-speaker recording.
+DEFAULT_THRESHOLD = 0.395
+
+
+def cluster(
+    embeddings: np.ndarray,
+    *,
+    method: str = "agglomerative",
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_cluster_fraction: float = 0.05,
+) -> np.ndarray:
+    """Cluster index per row of `embeddings` (L2-normalised), numbered 0.. by first appearance."""
+    n = len(embeddings)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    upper = min(n, max_speakers if max_speakers is not None else n)
+    lower = min(max(1, min_speakers), upper)
+    if num_speakers is not None:
+        lower = upper = min(num_speakers, n)
+    if n == 1 or upper == 1:
+        return np.zeros(n, dtype=int)
+    if method == "agglomerative":
+        labels = _agglomerative(embeddings, lower, upper, threshold)
+    elif method == "spectral":
+        labels = _spectral(embeddings, lower, upper)
+    else:
+        raise ValueError(f"Unknown clustering {method!r}; use one of {', '.join(CLUSTER_METHODS)}.")
+    estimated = num_speakers is None
+    if estimated:
+        labels = _absorb_small(embeddings, labels, max(2, int(np.ceil(min_cluster_fraction * n))), lower)
+    labels = _refine(embeddings, labels)
+    return _by_first_appearance(labels)
+
+
+def _agglomerative(embeddings: np.ndarray, lower: int, upper: int, threshold: float) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
+    labels = fcluster(tree, t=threshold, criterion="distance")
+    count = len(set(labels.tolist()))
+    if not lower <= count <= upper:
+        labels = fcluster(tree, t=min(max(count, lower), upper), criterion="maxclust")
+    return np.asarray(labels, dtype=int) - 1
+
+
+def _spectral(embeddings: np.ndarray, lower: int, upper: int, keep: float = 0.3) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+
+    n = len(embeddings)
+    affinity = np.clip(embeddings @ embeddings.T, 0.0, 1.0)
+    neighbours = max(2, int(np.ceil(keep * n)))
+    pruned = np.zeros_like(affinity)
+    for row in range(n):
+        nearest = np.argsort(affinity[row])[-neighbours:]
+        pruned[row, nearest] = affinity[row, nearest]
+    pruned = (pruned + pruned.T) / 2
+    np.fill_diagonal(pruned, 0.0)
+    degree = pruned.sum(axis=1)
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-10))
+    laplacian = np.eye(n) - scale[:, None] * pruned * scale[None, :]
+    values, vectors = np.linalg.eigh(laplacian)
+    gaps = np.diff(values[: upper + 1])
+    count = lower + int(np.argmax(gaps[lower - 1 : upper])) if upper > lower else lower
+    if count == 1:
+        return np.zeros(n, dtype=int)
+    features = vectors[:, :count]
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-10)
+    _, labels = kmeans2(features, count, minit="++", seed=np.random.default_rng(0))
+    return np.asarray(labels, dtype=int)
+
+
+def _centroids(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(labels)
+    centres = np.stack([embeddings[labels == i].mean(axis=0) for i in ids])
+    return ids, centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-10)
+
+
+def _absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_size: int, lower: int) -> np.ndarray:
+    labels = labels.copy()
+    while True:
+        ids, counts = np.unique(labels, return_counts=True)
+        if len(ids) <= max(1, lower) or counts.min() >= min_size:
+            return labels
+        smallest = ids[int(np.argmin(counts))]
+        others = labels != smallest
+        other_ids, centres = _centroids(embeddings[others], labels[others])
+        members = labels == smallest
+        labels[members] = other_ids[np.argmax(embeddings[members] @ centres.T, axis=1)]
+
+
+def _refine(embeddings: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.ndarray:
+    for _ in range(rounds):
+        ids, centres = _centroids(embeddings, labels)
+        if len(ids) < 2:
+            return labels
+        moved = ids[np.argmax(embeddings @ centres.T, axis=1)]
+        if len(np.unique(moved)) < len(ids) or np.array_equal(moved, labels):
+            return labels if len(np.unique(moved)) < len(ids) else moved
+        labels = moved
+    return labels
+
+
+def _by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    order: dict[int, int] = {}
+    for label in labels.tolist():
+        order.setdefault(label, len(order))
+    return np.array([order[label] for label in labels.tolist()], dtype=int)
