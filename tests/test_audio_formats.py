@@ -78,3 +78,41 @@ def test_format_decodes_and_transcribes(
     assert np.abs(pcm).max() <= 1.0
     result = real_engine.transcribe(real_engine.load("tiny.en"), pcm, DecodeOptions(), lambda _: None)
     assert word_error_rate(reference_text(CLIP), result.text) < 0.25, result.text
+
+
+@pytest.mark.parametrize(("fmt", "codec", "rate"), [("wav", "pcm_s16le", 44_100), ("flac", "flac", 16_000)])
+def test_decode_channels_keeps_each_channel(
+    tmp_path: Path, source_pcm: np.ndarray, fmt: str, codec: str, rate: int
+) -> None:
+    """Speech on the left, silence on the right: the channels come back apart, in order."""
+    stereo = np.stack([source_pcm, np.zeros_like(source_pcm)])
+    path = tmp_path / f"left-only.{fmt}"
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=rate)
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "stereo"  # type: ignore[union-attr]
+        source = av.AudioFrame.from_ndarray(
+            (stereo.T.reshape(1, -1) * 32767).astype(np.int16), format="s16", layout="stereo"
+        )
+        source.sample_rate = 16_000
+        source.time_base = Fraction(1, 16_000)
+        source.pts = 0
+        for frame in resampler.resample(source) + resampler.resample(None):
+            for packet in stream.encode(frame):  # type: ignore[union-attr]
+                container.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            container.mux(packet)
+    channels = audio.decode_channels(path)
+    assert channels.dtype == np.float32 and channels.shape[0] == 2
+    assert abs(channels.shape[1] - len(source_pcm)) < 0.01 * 16_000
+    n = min(channels.shape[1], len(source_pcm))
+    assert np.corrcoef(channels[0, :n], source_pcm[:n])[0, 1] > 0.99
+    assert np.abs(channels[1]).max() < 1e-3
+    mono = audio.decode(path)
+    assert np.abs(mono[:n] - channels[:, :n].mean(axis=0)).max() < 1e-3
+
+
+def test_decode_channels_of_a_mono_file(source_pcm: np.ndarray) -> None:
+    channels = audio.decode_channels(eval_clip(CLIP))
+    assert channels.shape == (1, len(source_pcm))
+    assert np.array_equal(channels[0], source_pcm)
