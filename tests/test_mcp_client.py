@@ -204,11 +204,19 @@ def test_bad_base_url_is_refused() -> None:
 
 
 def test_5xx_is_retried_with_backoff_then_succeeds() -> None:
-    answers = iter([(503, {"error": "warming up"}), (502, {"error": "proxy"}), (200, {"status": "ok"})])
+    answers = iter([(500, {"error": "hiccup"}), (502, {"error": "proxy"}), (200, {"status": "ok"})])
     stub = StubServer(lambda seen: (*next(answers), 0.0))
     with stub.running(), fast_client(stub.url) as client:
         assert client.health() == {"status": "ok"}
     assert [s.path for s in stub.seen] == ["/health"] * 3
+
+
+def test_health_reads_a_503_answer_without_retrying() -> None:
+    """The service answers /health with 503 and its JSON while a model loads: that is an answer."""
+    stub = StubServer(lambda seen: (503, {"status": "ok", "model_loaded": False}, 0.0))
+    with stub.running(), fast_client(stub.url) as client:
+        assert client.health() == {"status": "ok", "model_loaded": False}
+    assert len(stub.seen) == 1
 
 
 def test_5xx_that_persists_reports_the_service_error() -> None:
