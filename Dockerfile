@@ -35,14 +35,15 @@ ENV PYTHONUNBUFFERED=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# ffmpeg for tools that shell out to it (the service decodes with PyAV's bundled FFmpeg);
+# ffmpeg for tools that shell out to it (the service decodes with PyAV's bundled FFmpeg); a C
+# compiler for webrtcvad (a source-only dependency of resemblyzer, whose encoder weights we use);
 # Python only where the base has none (the CUDA images); the user the service runs as.
 # Versions are left to the base image's release: the CPU and CUDA bases are different distros.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates ffmpeg \
+    && apt-get install -y --no-install-recommends ca-certificates ffmpeg build-essential \
     && if ! command -v python3 >/dev/null; then \
-        apt-get install -y --no-install-recommends python3 python3-venv; \
+        apt-get install -y --no-install-recommends python3 python3-venv python3-dev; \
     fi \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/app app \

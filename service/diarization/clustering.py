@@ -27,9 +27,15 @@ def cluster(
     min_speakers: int = 1,
     max_speakers: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    min_cluster_size: int = 2,
     min_cluster_fraction: float = 0.05,
+    max_min_cluster_size: int | None = None,
 ) -> np.ndarray:
-    """Cluster index per row of `embeddings` (L2-normalised), numbered 0.. by first appearance."""
+    """Cluster index per row of `embeddings` (L2-normalised), numbered 0.. by first appearance.
+
+    When the count is estimated, clusters smaller than `min_cluster_size` rows, or than
+    `min_cluster_fraction` of all rows (at most `max_min_cluster_size`), join their nearest one.
+    """
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=int)
@@ -47,7 +53,11 @@ def cluster(
         raise ValueError(f"Unknown clustering {method!r}; use one of {', '.join(CLUSTER_METHODS)}.")
     estimated = num_speakers is None
     if estimated:
-        labels = _absorb_small(embeddings, labels, max(2, int(np.ceil(min_cluster_fraction * n))), lower)
+        by_share = int(np.ceil(min_cluster_fraction * n))
+        if max_min_cluster_size is not None:
+            by_share = min(by_share, max_min_cluster_size)
+        smallest = max(min_cluster_size, by_share)
+        labels = _absorb_small(embeddings, labels, smallest, lower)
     labels = _refine(embeddings, labels)
     return _by_first_appearance(labels)
 

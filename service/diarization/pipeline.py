@@ -63,6 +63,11 @@ class DiarizerConfig:
     hop_s: float = 0.8
     min_window_s: float = 0.5  # speech shorter than this gets no embedding of its own
     min_turn_s: float = 0.8  # shorter turns inside a region join a neighbour (smoothing)
+    # An estimated speaker with less speech than 5% of the windows joins the nearest one (noise,
+    # laughter, a cough make no speaker). The share is capped at 10 s of windows, so a speaker
+    # with 10 s in an hour still counts; an absolute floor alone split readers (bench).
+    min_speaker_fraction: float = 0.05
+    min_speaker_cap_s: float = 10.0
     per_window_loudness: bool = True  # normalise each window, so loudness is no speaker cue
 
     def __post_init__(self) -> None:
@@ -117,6 +122,8 @@ class Diarizer:
             min_speakers=options.min_speakers or 1,
             max_speakers=options.max_speakers,
             threshold=config.threshold,
+            min_cluster_fraction=config.min_speaker_fraction,
+            max_min_cluster_size=max(2, round(config.min_speaker_cap_s / config.hop_s)),
         )
         frames = self._frame_labels(regions, windows, labels, len(mel))
         return self._turns_from_frames(regions, frames)
