@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             "journal_jobs": args.journal_jobs,
             "sections": args.only,
             "machine": common.machine_info(),
+            # Thread-pool knobs change CPU numbers a lot (OpenMP spin-waiting on a shared host, above all).
+            "environment": {
+                k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "GOMP_", "KMP_"))
+            },
             "load_average_start": common.load_average(),
             "workdir": str(workdir),
         },

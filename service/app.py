@@ -11,10 +11,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from service import routes, storage
-from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WATCH, WORKER
+from service.appkeys import (
+    ENGINE,
+    EVENTS,
+    JOURNAL,
+    LAYOUT,
+    SETTINGS,
+    STARTED_AT,
+    SUBMIT_LOCK,
+    WATCH,
+    WORKER,
+)
 from service.engines import create_engine
 from service.engines.base import Engine
 from service.errors import ServiceError
+from service.events import JobEvents
 from service.journal import Journal
 from service.models import ModelManager
 from service.process_runner import ProcessRunner
@@ -112,7 +123,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     """
     layout = Layout(settings.storage_dir, settings.model_dir)
     journal = Journal(layout.journal)
-    progress = ProgressWriter(journal)
+    events = JobEvents()
+    progress = ProgressWriter(journal, events)
     runner: Runner
     if engine is None and settings.isolation == "process":
         # The engine object here only answers questions about model names; models live in the child.
@@ -128,7 +140,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[ENGINE] = engine
     app[JOURNAL] = journal
     app[WATCH] = JobWatch()
-    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH])
+    app[EVENTS] = events
+    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH], events)
     app[SUBMIT_LOCK] = asyncio.Lock()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_service_ctx)

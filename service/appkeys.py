@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from service.engines.base import Engine
+from service.events import JobEvents
 from service.journal import Journal
 from service.settings import Settings
 from service.storage import Layout
@@ -21,3 +22,4 @@ ENGINE = web.AppKey("engine", Engine)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 STARTED_AT = web.AppKey("started_at", float)
 WATCH = web.AppKey("watch", JobWatch)
+EVENTS = web.AppKey("events", JobEvents)

@@ -18,10 +18,18 @@ class JobStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+# Named priority levels; any integer in [MIN_PRIORITY, MAX_PRIORITY] is allowed too.
+PRIORITIES = {"urgent": 10, "high": 5, "normal": 0, "low": -10}
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+# Ageing lifts a waiting job at most to just below this level, so urgent work always overtakes.
+URGENT = PRIORITIES["urgent"]
 
 
 class Task(StrEnum):
@@ -70,6 +78,9 @@ class NewJob:
     callback_url: str | None
     duration_s: float | None
     options: JobOptions = field(default_factory=JobOptions)
+    priority: int = 0
+    # Audio hash, model and options: equal keys give equal transcripts (the transcript cache).
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,8 @@ class Job:
     completed_at: float | None
     note: str | None = None  # e.g. the model fell back to the default
     options: JobOptions = field(default_factory=JobOptions)
+    priority: int = 0
+    cache_key: str | None = None
 
 
 def iso_time(timestamp: float | None) -> str | None:

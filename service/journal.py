@@ -39,18 +39,30 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     completed_at REAL,
     note TEXT,
-    options TEXT
+    options TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    cache_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+"""
+# Indexes on columns that older journals gain at open, so created after the migration.
+_LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_cache_key ON jobs (cache_key) WHERE cache_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_status_completed ON jobs (status, completed_at);
 """
 
 _COLUMNS = (
     "job_id, seq, status, audio_file, audio_sha256, audio_bytes, original_filename, model, "
     "language, task, callback_url, duration_s, progress, error, attempts, created_at, "
-    "started_at, completed_at, note, options"
+    "started_at, completed_at, note, options, priority, cache_key"
 )
 # Columns added after the first release, created on older journals at open.
-_ADDED_COLUMNS = {"note": "TEXT", "options": "TEXT"}
+_ADDED_COLUMNS = {
+    "note": "TEXT",
+    "options": "TEXT",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "cache_key": "TEXT",
+}
 _CRASHED = (
     "The worker crashed on this job {attempts} times; giving up. "
     "The audio may be malformed or too large for this machine."
@@ -61,7 +73,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     values = list(row)
     values[2] = JobStatus(values[2])
     values[9] = Task(values[9])
-    values[-1] = JobOptions.from_json(values[-1])
+    values[19] = JobOptions.from_json(values[19])
     return Job(*values)
 
 
@@ -73,8 +85,8 @@ def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
 def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
     conn.execute(
         "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, "
-        "original_filename, model, language, task, callback_url, duration_s, created_at, options) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "original_filename, model, language, task, callback_url, duration_s, created_at, options, "
+        "priority, cache_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new.job_id,
             JobStatus.QUEUED.value,
@@ -89,6 +101,8 @@ def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
             new.duration_s,
             time.time(),
             new.options.to_json(),
+            new.priority,
+            new.cache_key,
         ),
     )
     job = _fetch(conn, new.job_id)
@@ -119,6 +133,10 @@ class Journal:
         self._conn: sqlite3.Connection | None = None
 
     # -- plumbing -----------------------------------------------------------------------
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the journal's thread in one transaction (for modules with own tables)."""
+        return await self._run(fn)
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
@@ -140,6 +158,7 @@ class Journal:
         for column, kind in _ADDED_COLUMNS.items():
             if column not in present:
                 conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        conn.executescript(_LATE_INDEXES)
         conn.commit()
         self._conn = conn
 
@@ -262,24 +281,62 @@ class Journal:
 
         await self._run(op)
 
-    async def complete(self, job_id: str, language: str | None, duration_s: float) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE jobs SET status = ?, progress = 1, completed_at = ?, "
-                "language = COALESCE(?, language), duration_s = ?, error = NULL WHERE job_id = ?",
-                (JobStatus.COMPLETED.value, time.time(), language, duration_s, job_id),
+    async def complete(self, job_id: str, language: str | None, duration_s: float) -> bool:
+        """Mark a processing job completed; False when it is no longer processing (cancelled)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE jobs SET status = ?, progress = 1, completed_at = ?, "
+                    "language = COALESCE(?, language), duration_s = ?, error = NULL "
+                    "WHERE job_id = ? AND status = ?",
+                    (
+                        JobStatus.COMPLETED.value,
+                        time.time(),
+                        language,
+                        duration_s,
+                        job_id,
+                        JobStatus.PROCESSING.value,
+                    ),
+                ).rowcount
+                == 1
             )
 
-        await self._run(op)
+        return await self._run(op)
 
     async def fail(self, job_id: str, error: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
-                (JobStatus.FAILED.value, time.time(), error, job_id),
+                "UPDATE jobs SET status = ?, completed_at = ?, error = ? "
+                "WHERE job_id = ? AND status IN (?, ?)",
+                (
+                    JobStatus.FAILED.value,
+                    time.time(),
+                    error,
+                    job_id,
+                    JobStatus.PROCESSING.value,
+                    JobStatus.QUEUED.value,
+                ),
             )
 
         await self._run(op)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or processing job; returns the job as it was before, or None if absent.
+
+        The caller tells a finished job (returned unchanged) from a cancelled one by its status.
+        """
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            job = _fetch(conn, job_id)
+            if job is not None and not job.status.finished:
+                conn.execute(
+                    "UPDATE jobs SET status = ?, completed_at = ?, error = NULL WHERE job_id = ?",
+                    (JobStatus.CANCELLED.value, time.time(), job_id),
+                )
+            return job
+
+        return await self._run(op)
 
     async def recover_interrupted(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a crash: jobs left `processing` go back to the queue, or fail past the limit.

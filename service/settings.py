@@ -52,6 +52,26 @@ class Settings:
     # On SIGTERM, how long a running job may take to finish before it is put back in the queue.
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
+    # When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    api_token: str | None = None
+    # Queued jobs past which uploads are refused with 429 and Retry-After (0: no limit).
+    max_queue: int = 1000
+    # A waiting job gains one priority level per this many seconds, up to just below urgent,
+    # so low-priority work is never starved and urgent work still overtakes any backlog.
+    priority_aging_seconds: float = 60.0
+    # Finished jobs (row, audio, transcript) are removed this long after they end (0: never).
+    retention_seconds: float = 7 * 86400.0
+    # Remove a job's audio as soon as it completes (the transcript stays).
+    delete_audio_on_complete: bool = False
+    # The same audio with the same model and options is transcribed once; later uploads reuse it.
+    transcript_cache: bool = True
+    # Webhooks: HMAC-SHA256 key for the signature header (unsigned when unset), the hosts
+    # callback URLs may name (any when empty), how long failed deliveries are retried,
+    # and each attempt's timeout.
+    webhook_secret: str | None = None
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_retry_seconds: float = 3600.0
+    webhook_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage_dir", Path(self.storage_dir))
@@ -85,6 +105,19 @@ class Settings:
             raise ValueError("beam_size must be at least 1")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.max_queue < 0 or self.retention_seconds < 0 or self.webhook_retry_seconds < 0:
+            raise ValueError("max_queue, retention and webhook retry time cannot be negative")
+        if self.priority_aging_seconds <= 0 or self.webhook_timeout <= 0:
+            raise ValueError("priority_aging_seconds and webhook_timeout must be positive")
+        object.__setattr__(
+            self,
+            "webhook_allowed_hosts",
+            tuple(h.strip().lower() for h in self.webhook_allowed_hosts if h.strip()),
+        )
+        if self.api_token == "":
+            object.__setattr__(self, "api_token", None)
+        if self.webhook_secret == "":
+            object.__setattr__(self, "webhook_secret", None)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -105,6 +138,17 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -246,6 +290,68 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         default=env.get("SERVICE_LOG_LEVEL", base.log_level),
         help="logging level [SERVICE_LOG_LEVEL] (default %(default)s)",
     )
+    parser.add_argument(
+        "--api-token",
+        default=env.get("SERVICE_API_TOKEN") or None,
+        help="require `Authorization: Bearer <token>` on every endpoint but /health [SERVICE_API_TOKEN]",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=_env_int(env, "SERVICE_MAX_QUEUE", base.max_queue),
+        help="queued jobs past which uploads get 429 and Retry-After; 0 no limit [SERVICE_MAX_QUEUE] "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--priority-aging-seconds",
+        type=float,
+        default=_env_float(env, "SERVICE_PRIORITY_AGING_SECONDS", base.priority_aging_seconds),
+        help="a queued job gains one priority level per this many seconds waited, up to just below "
+        "urgent [SERVICE_PRIORITY_AGING_SECONDS] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=_env_float(env, "SERVICE_RETENTION_DAYS", base.retention_seconds / 86400),
+        help="remove finished jobs, their audio and transcripts this many days after they end; "
+        "0 keeps them [SERVICE_RETENTION_DAYS] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--delete-audio-on-complete",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "SERVICE_DELETE_AUDIO_ON_COMPLETE", base.delete_audio_on_complete),
+        help="remove a job's audio as soon as it completes [SERVICE_DELETE_AUDIO_ON_COMPLETE]",
+    )
+    parser.add_argument(
+        "--transcript-cache",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "SERVICE_TRANSCRIPT_CACHE", base.transcript_cache),
+        help="reuse the transcript of identical audio with identical model and options "
+        "[SERVICE_TRANSCRIPT_CACHE] (default on)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=env.get("SERVICE_WEBHOOK_SECRET") or None,
+        help="sign webhook bodies with HMAC-SHA256 under this key [SERVICE_WEBHOOK_SECRET]",
+    )
+    parser.add_argument(
+        "--webhook-allowed-hosts",
+        default=env.get("SERVICE_WEBHOOK_ALLOWED_HOSTS", ""),
+        help="comma-separated hosts callback_url may name; empty allows any [SERVICE_WEBHOOK_ALLOWED_HOSTS]",
+    )
+    parser.add_argument(
+        "--webhook-retry-seconds",
+        type=float,
+        default=_env_float(env, "SERVICE_WEBHOOK_RETRY_SECONDS", base.webhook_retry_seconds),
+        help="keep retrying a failed webhook delivery this long [SERVICE_WEBHOOK_RETRY_SECONDS] "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=_env_float(env, "SERVICE_WEBHOOK_TIMEOUT", base.webhook_timeout),
+        help="seconds one webhook request may take [SERVICE_WEBHOOK_TIMEOUT] (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         return Settings(
@@ -270,6 +376,16 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             job_timeout=args.job_timeout,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level.upper(),
+            api_token=args.api_token,
+            max_queue=args.max_queue,
+            priority_aging_seconds=args.priority_aging_seconds,
+            retention_seconds=args.retention_days * 86400,
+            delete_audio_on_complete=args.delete_audio_on_complete,
+            transcript_cache=args.transcript_cache,
+            webhook_secret=args.webhook_secret,
+            webhook_allowed_hosts=tuple(args.webhook_allowed_hosts.split(",")),
+            webhook_retry_seconds=args.webhook_retry_seconds,
+            webhook_timeout=args.webhook_timeout,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -13,8 +13,10 @@ import logging
 import time
 from enum import StrEnum
 
+from service import events as ev
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError
+from service.events import JobEvents
 from service.jobs import Job
 from service.journal import Journal
 from service.runner import Runner, TranscribeRequest, WorkerCrashed
@@ -59,16 +61,23 @@ def job_timeout(settings: Settings, duration_s: float | None) -> float:
 
 
 class ProgressWriter:
-    """The runner's progress sink: writes each report to the journal without waiting for it."""
+    """The runner's progress sink: writes each report to the journal without waiting for it,
+    and tells live streams. Called on the event loop."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, events: JobEvents | None = None) -> None:
         self.journal = journal
+        self.events = events if events is not None else JobEvents()
         self._writes: set[asyncio.Task[None]] = set()  # held, or the loop may drop them mid-write
 
     def __call__(self, job_id: str, fraction: float) -> None:
         task = asyncio.ensure_future(self.journal.set_progress(job_id, fraction))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        self.events.publish(job_id, ev.PROGRESS, {"progress": round(fraction, 4)})
+
+    def segment(self, job_id: str, segment: dict[str, object]) -> None:
+        """One decoded segment (id, start, end, text), for live streams only."""
+        self.events.publish(job_id, ev.SEGMENT, segment)
 
 
 class Worker:
@@ -79,13 +88,16 @@ class Worker:
         layout: Layout,
         runner: Runner,
         watch: JobWatch | None = None,
+        events: JobEvents | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self.layout = layout
         self.runner = runner
         self.watch = watch if watch is not None else JobWatch()
+        self.events = events if events is not None else JobEvents()
         self.active_jobs: list[str] = []
+        self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
@@ -123,6 +135,25 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def cancel_running(self, job_id: str) -> bool:
+        """Stop a running job at its next window or segment; the journal already says cancelled."""
+        if job_id not in self.active_jobs:
+            return False
+        self._cancelled.add(job_id)
+        self.runner.interrupt(job_id)
+        return True
+
+    async def job_ended(self, job_id: str) -> None:
+        """Tell waiters and streams what the journal now says about the job."""
+        self.watch.notify(job_id)
+        job = await self.journal.get(job_id)
+        if job is None:
+            return
+        if job.status.finished:
+            self.events.publish(job_id, ev.END, {"status": job.status.value})
+        else:
+            self.events.publish(job_id, ev.STATUS, {"status": job.status.value})
 
     # -- models ---------------------------------------------------------------------------
     async def load_model(self, name: str) -> dict[str, object]:
@@ -206,12 +237,19 @@ class Worker:
         self._idle.clear()
         started = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
+        self.events.publish(job.job_id, ev.STATUS, {"status": "processing", "attempt": job.attempts})
+        loop = asyncio.get_running_loop()
         try:
             result = await self._transcribe(job)
-            await asyncio.get_running_loop().run_in_executor(
-                None, write_json_atomic, self.layout.transcript_path(job.job_id), result.as_dict()
-            )
-            await self.journal.complete(job.job_id, result.language, result.duration_s)
+            transcript = self.layout.transcript_path(job.job_id)
+            await loop.run_in_executor(None, write_json_atomic, transcript, result.as_dict())
+            if not await self.journal.complete(job.job_id, result.language, result.duration_s):
+                # Cancelled while its last window decoded: the result is not wanted.
+                await loop.run_in_executor(None, self._remove_files, job, True)
+                log.info("job %s: cancelled", job.job_id)
+                return
+            if self.settings.delete_audio_on_complete:
+                await loop.run_in_executor(None, self._remove_files, job, False)
             elapsed = time.monotonic() - started
             log.info(
                 "job %s: completed %.1f s of audio in %.1f s (%.2fx real time)",
@@ -221,6 +259,10 @@ class Worker:
                 result.duration_s / elapsed if elapsed else 0.0,
             )
         except JobInterrupted:
+            if job.job_id in self._cancelled:
+                await loop.run_in_executor(None, self._remove_files, job, True)
+                log.info("job %s: cancelled while processing; stopped", job.job_id)
+                return
             await self.journal.release(job.job_id)
             log.info("job %s: interrupted by shutdown; back in the queue", job.job_id)
         except JobTimedOut as exc:
@@ -246,9 +288,16 @@ class Worker:
             await self.journal.fail(job.job_id, f"Transcription failed: {type(exc).__name__}: {exc}")
         finally:
             self.active_jobs.remove(job.job_id)
+            self._cancelled.discard(job.job_id)
             if not self.active_jobs:
                 self._idle.set()
-            self.watch.notify(job.job_id)
+            await self.job_ended(job.job_id)
+
+    def _remove_files(self, job: Job, transcript: bool) -> None:
+        """A cancelled job's audio and partial result, or a completed job's audio (by setting)."""
+        self.layout.audio_path(job.audio_file).unlink(missing_ok=True)
+        if transcript:
+            self.layout.transcript_path(job.job_id).unlink(missing_ok=True)
 
     async def _transcribe(self, job: Job) -> Result:
         path = self.layout.audio_path(job.audio_file)
