@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import random
 import re
 import time
@@ -28,7 +29,9 @@ JOB_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 JOB_ID_MAX_LENGTH: Final = 128
 HASH_CHARS: Final = 10
 FORMATS: Final = ("txt", "srt", "vtt", "json")
-FINISHED: Final = frozenset({"completed", "failed"})
+FINISHED: Final = frozenset({"completed", "failed", "cancelled"})
+# The API token, when the service requires one (`--api-token` there).
+TOKEN_ENV: Final = "TRANSCRIPTION_SERVICE_TOKEN"
 CHUNK_BYTES: Final = 1024 * 1024
 # The service caps one long-poll at 60 s; asking for more is pointless.
 MAX_LONG_POLL_S: Final = 60.0
@@ -85,6 +88,14 @@ class JobFailed(TranscriptionError):
     def __init__(self, message: str, status: Mapping[str, Any]):
         super().__init__(message, service_error=status.get("error"))
         self.status = dict(status)
+
+
+class Unauthorized(TranscriptionError):
+    """The service wants an API token, or another one."""
+
+
+class ServiceBusy(TranscriptionError):
+    """The service's queue stayed full through every retry (HTTP 429)."""
 
 
 class WaitTimeout(TranscriptionError):
@@ -230,6 +241,7 @@ class TranscriptionClient:
         backoff: float = 0.5,
         max_backoff: float = 8.0,
         session: requests.Session | None = None,
+        api_token: str | None = None,
     ):
         base_url = base_url.strip().rstrip("/")
         parts = urlsplit(base_url)
@@ -246,6 +258,8 @@ class TranscriptionClient:
         self.max_backoff = max_backoff
         self._owns_session = session is None
         self._session = session or requests.Session()
+        token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
+        self._auth = {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}
 
     def __enter__(self) -> TranscriptionClient:
         return self
@@ -276,6 +290,7 @@ class TranscriptionClient:
         language: str | None = None,
         task: str | None = None,
         callback_url: str | None = None,
+        priority: str | int | None = None,
     ) -> Submission:
         """Queue a file. Without `job_id` the id is derived from the file (`derive_job_id`), so this
         call is always safe to retry and a second call for the same file returns the same job.
@@ -289,6 +304,7 @@ class TranscriptionClient:
             ("language", language),
             ("task", task),
             ("callback_url", callback_url),
+            ("priority", None if priority is None else str(priority)),
         ):
             if value:
                 fields[name] = value
@@ -370,6 +386,21 @@ class TranscriptionClient:
             if time.monotonic() - started < asked * 0.9:
                 time.sleep(min(poll_interval, remaining))  # the server did not long-poll
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """`DELETE /jobs/<id>`: a queued job ends at once, a running one within seconds."""
+        path = f"/jobs/{quote(job_id, safe='')}"
+        response = self._request("DELETE", path)
+        if response.status_code == 200:
+            return self._json(response, path)
+        error = _service_error(response)
+        if response.status_code == 404:
+            raise JobNotFound(f"No job {job_id!r} to cancel: {error}", status_code=404, service_error=error)
+        if response.status_code == 409:
+            raise JobConflict(
+                f"Job {job_id!r} cannot be cancelled: {error}", status_code=409, service_error=error
+            )
+        raise self._unexpected(response, path, error)
+
     def download(self, job_id: str, fmt: str = "txt") -> str:
         """`GET /download/<id>?format=`: the transcript as txt, srt, vtt or json text."""
         if fmt not in FORMATS:
@@ -399,6 +430,8 @@ class TranscriptionClient:
         status = self.wait(submission.job_id, timeout=timeout)
         if status["status"] == "failed":
             raise JobFailed(f"Job {submission.job_id!r} failed: {status.get('error')}", status)
+        if status["status"] == "cancelled":
+            raise JobFailed(f"Job {submission.job_id!r} was cancelled.", status)
         return self.download(submission.job_id, fmt)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -429,7 +462,7 @@ class TranscriptionClient:
                     url,
                     params=params,
                     data=body,
-                    headers=dict(headers or {}),
+                    headers={**self._auth, **(headers or {})},
                     timeout=(self.connect_timeout, read_timeout),
                 )
             except (
@@ -448,11 +481,28 @@ class TranscriptionClient:
                     body.close()
             if response.status_code in accept:
                 return response
-            if response.status_code >= 500 and attempt <= self.retries:
+            busy = response.status_code == 429  # backpressure: a full queue
+            if (response.status_code >= 500 or busy) and attempt <= self.retries:
                 retry_after = response.headers.get("Retry-After")
                 response.close()
                 self._sleep_before_retry(attempt, retry_after)
                 continue
+            if busy:
+                error = _service_error(response)
+                raise ServiceBusy(
+                    f"The transcription service at {self.base_url} is at its queue limit "
+                    f"({attempt} attempts): {error} Send the file again later.",
+                    status_code=429,
+                    service_error=error,
+                )
+            if response.status_code == 401:
+                error = _service_error(response)
+                raise Unauthorized(
+                    f"The transcription service at {self.base_url} needs an API token: {error} "
+                    f"Set {TOKEN_ENV} to the token the service was started with (--api-token).",
+                    status_code=401,
+                    service_error=error,
+                )
             if response.status_code >= 500:
                 error = _service_error(response)
                 response.close()

@@ -230,6 +230,17 @@ def check_transcription_status(
             job_id=job_id,
         )
 
+    if state == "cancelled":
+        with contextlib.suppress(OSError):
+            _write_status(status_file, "CANCELLED - the job was cancelled", f"job {job_id}, service {url}")
+        return _failure(
+            f"Transcription job {job_id} was cancelled. Call transcribe_wav on the same file again to "
+            "run it.",
+            service_url=url,
+            status="cancelled",
+            job_id=job_id,
+            status_file=str(status_file),
+        )
     if state == "failed":
         error = status.get("error") or "no reason given"
         with contextlib.suppress(OSError):

@@ -26,7 +26,7 @@ from typing import Any
 
 from service.engines import create_engine
 from service.engines.base import Engine
-from service.engines.bundled import bundled_ct2_dir
+from service.engines.bundled import is_bundled
 from service.errors import ModelUnavailable
 from service.settings import ENGINES, Settings
 
@@ -47,7 +47,7 @@ def download_checkpoint(name: str, model_dir: Path) -> None:
 def fetch(name: str, engine_name: str, model_dir: Path, device: str = "cpu", load: bool = False) -> None:
     engine = engine_for(engine_name, model_dir, device)
     engine.check_model_name(name)
-    if not load and engine.name == "openai-whisper" and bundled_ct2_dir(name) is None:
+    if not load and engine.name == "openai-whisper" and not is_bundled(name):
         import whisper
 
         if name in whisper.available_models():

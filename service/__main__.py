@@ -12,6 +12,7 @@ from aiohttp import web
 
 from service.app import create_app
 from service.appkeys import WORKER
+from service.auth import warn_if_open
 from service.settings import Settings, parse_settings
 from service.storage import StorageLocked
 
@@ -42,6 +43,7 @@ async def serve(settings: Settings) -> int:
             settings.storage_dir.resolve(),
             settings.model,
         )
+        warn_if_open(settings.host, settings.api_token)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

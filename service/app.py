@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from service import routes, storage
+from service import auth, retention, routes, storage
 from service.appkeys import (
     ENGINE,
     EVENTS,
@@ -20,6 +21,7 @@ from service.appkeys import (
     STARTED_AT,
     SUBMIT_LOCK,
     WATCH,
+    WEBHOOKS,
     WORKER,
 )
 from service.engines import create_engine
@@ -33,6 +35,7 @@ from service.runner import Runner, ThreadRunner
 from service.settings import Settings
 from service.storage import Layout
 from service.watch import JobWatch
+from service.webhooks import WebhookDispatcher
 from service.worker import ProgressWriter, Worker
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ServiceError as exc:
-        retry = {"Retry-After": "5"} if exc.status == 503 else None
-        return error_response(exc.status, exc.message, retry)
+        headers = dict(exc.headers)
+        if exc.status == 503:
+            headers.setdefault("Retry-After", "5")
+        return error_response(exc.status, exc.message, headers or None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -122,19 +127,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     `engine` lets tests substitute a fake; by default the one named in settings is used.
     """
     layout = Layout(settings.storage_dir, settings.model_dir)
-    journal = Journal(layout.journal)
+    journal = Journal(layout.journal, settings.priority_aging_seconds)
     events = JobEvents()
     progress = ProgressWriter(journal, events)
     runner: Runner
     if engine is None and settings.isolation == "process":
         # The engine object here only answers questions about model names; models live in the child.
         engine = create_engine(settings, layout.models)
-        runner = ProcessRunner(settings, layout.models, progress)
+        runner = ProcessRunner(settings, layout.models, progress, progress.segment)
     else:
         engine = engine if engine is not None else create_engine(settings, layout.models)
         manager = ModelManager.for_settings(engine, settings)
-        runner = ThreadRunner(manager, settings.workers, progress)
-    app = web.Application(middlewares=[errors_middleware])
+        runner = ThreadRunner(manager, settings.workers, progress, progress.segment)
+    middlewares: list[Middleware] = [errors_middleware]
+    if settings.api_token is not None:
+        middlewares.append(auth.token_middleware(settings.api_token))
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app[LAYOUT] = layout
     app[ENGINE] = engine
@@ -144,7 +152,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH], events)
     app[SUBMIT_LOCK] = asyncio.Lock()
     app[STARTED_AT] = time.time()
+    app[WEBHOOKS] = WebhookDispatcher(settings, journal, layout, events)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(retention.retention_ctx)
+    app.cleanup_ctx.append(app[WEBHOOKS].ctx)  # after the journal opens, stops before it closes
     app.on_shutdown.append(_stop_taking_jobs)
     routes.setup_routes(app)
     return app

@@ -12,6 +12,7 @@ from service.journal import Journal
 from service.settings import Settings
 from service.storage import Layout
 from service.watch import JobWatch
+from service.webhooks import WebhookDispatcher
 from service.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,3 +24,4 @@ SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 STARTED_AT = web.AppKey("started_at", float)
 WATCH = web.AppKey("watch", JobWatch)
 EVENTS = web.AppKey("events", JobEvents)
+WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)

@@ -8,9 +8,10 @@ class ServiceError(Exception):
 
     status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(ServiceError):
@@ -31,6 +32,18 @@ class UploadTooLarge(ServiceError):
     status = 413
 
 
+class Unauthorized(ServiceError):
+    """No or the wrong API token."""
+
+    status = 401
+
+
+class QueueFull(ServiceError):
+    """Backpressure: the queue is at its limit; the client should come back after Retry-After."""
+
+    status = 429
+
+
 class JobNotFound(ServiceError):
     status = 404
 
@@ -41,6 +54,10 @@ class TranscriptNotReady(ServiceError):
 
 class JobConflict(ServiceError):
     status = 409
+
+
+class JobFinished(JobConflict):
+    """Cancelling a job that already ended."""
 
 
 class ModelUnavailable(ServiceError):

@@ -3,7 +3,9 @@
 whisper.utils writes undiarized transcripts, exactly as before. When segments carry a `speaker`
 (diarization, or one speaker per channel), the speaker goes into every line or cue: `txt` has
 `SPEAKER_1: ...` lines, `srt` cues start `[SPEAKER_1]`, `vtt` cues carry a `<v SPEAKER_1>` voice
-tag, and `rttm` (NIST's diarization exchange format) has one SPEAKER line per speaker turn.
+tag, `tsv` gains a `speaker` column, and `rttm` (NIST's diarization exchange format) has one
+SPEAKER line per speaker turn. `verbose_json` is the shape of OpenAI's transcription API, so its
+clients read it unchanged; it needs the job's task, which the stored result does not hold.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import re
 from typing import Any
 
-from whisper.utils import ResultWriter, WriteSRT, WriteTXT, WriteVTT, format_timestamp
+from whisper.utils import ResultWriter, WriteSRT, WriteTSV, WriteTXT, WriteVTT, format_timestamp
 
 from service.errors import BadRequest
 
@@ -22,9 +24,14 @@ FORMATS: dict[str, tuple[str, type[ResultWriter] | None]] = {
     "txt": ("text/plain; charset=utf-8", WriteTXT),
     "srt": ("application/x-subrip; charset=utf-8", WriteSRT),
     "vtt": ("text/vtt; charset=utf-8", WriteVTT),
+    "tsv": ("text/tab-separated-values; charset=utf-8", WriteTSV),
     "json": ("application/json; charset=utf-8", None),
+    "verbose_json": ("application/json; charset=utf-8", None),
     "rttm": ("text/plain; charset=utf-8", None),
 }
+
+# Segment fields verbose_json carries, in OpenAI's order; absent ones (seek, speaker) are left out.
+_VERBOSE_SEGMENT_FIELDS = ("id", "seek", "start", "end", "text", "avg_logprob", "no_speech_prob", "speaker")
 
 
 def check_format(fmt: str) -> str:
@@ -37,14 +44,19 @@ def has_speakers(result: dict[str, Any]) -> bool:
     return any(segment.get("speaker") for segment in result.get("segments", []))
 
 
-def render(result: dict[str, Any], fmt: str, file_id: str = "audio") -> tuple[str, str]:
+def render(
+    result: dict[str, Any], fmt: str, file_id: str = "audio", task: str = "transcribe"
+) -> tuple[str, str]:
     """Return (body, content type) for a stored result in the asked format.
 
-    `file_id` names the recording in rttm lines (the job id); other formats ignore it.
+    `file_id` names the recording in rttm lines (the job id); `task` (transcribe or translate)
+    goes into verbose_json. Other formats ignore both.
     """
     content_type, writer_cls = FORMATS[check_format(fmt)]
     if fmt == "json":
         return json.dumps(result, ensure_ascii=False, indent=2) + "\n", content_type
+    if fmt == "verbose_json":
+        return json.dumps(verbose_json(result, task), ensure_ascii=False, indent=2) + "\n", content_type
     if fmt == "rttm":
         return _rttm(result, file_id), content_type
     if has_speakers(result):
@@ -60,6 +72,30 @@ def render(result: dict[str, Any], fmt: str, file_id: str = "audio") -> tuple[st
         options={"max_line_width": None, "max_line_count": None, "highlight_words": False},
     )
     return buffer.getvalue(), content_type
+
+
+def verbose_json(result: dict[str, Any], task: str = "transcribe") -> dict[str, Any]:
+    """OpenAI's `verbose_json`; the flat `words` list only when the job asked for word times."""
+    segments = []
+    words: list[dict[str, Any]] = []
+    has_words = False
+    for segment in result.get("segments", []):
+        out = {key: segment[key] for key in _VERBOSE_SEGMENT_FIELDS if segment.get(key) is not None}
+        if segment.get("words") is not None:
+            has_words = True
+            out["words"] = segment["words"]
+            words.extend(segment["words"])
+        segments.append(out)
+    body: dict[str, Any] = {
+        "task": task,
+        "language": result.get("language"),
+        "duration": result.get("duration"),
+        "text": result.get("text", ""),
+        "segments": segments,
+    }
+    if has_words:
+        body["words"] = words
+    return body
 
 
 def _without_words(segment: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +135,15 @@ def _srt_with_speakers(result: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _tsv_with_speakers(result: dict[str, Any]) -> str:
+    """whisper's TSV (integer milliseconds) with a speaker column before the text."""
+    rows = ["start\tend\tspeaker\ttext\n"]
+    for start, end, speaker, text in _cues(result):
+        clean = re.sub(r"[\t\r\n]+", " ", text)
+        rows.append(f"{round(1000 * start)}\t{round(1000 * end)}\t{speaker or ''}\t{clean}\n")
+    return "".join(rows)
+
+
 _VOICE_UNSAFE = re.compile(r"[<>&\s]")
 
 
@@ -134,4 +179,9 @@ def _rttm(result: dict[str, Any], file_id: str) -> str:
     return "".join(lines)
 
 
-_SPEAKER_RENDERERS = {"txt": _txt_with_speakers, "srt": _srt_with_speakers, "vtt": _vtt_with_speakers}
+_SPEAKER_RENDERERS = {
+    "txt": _txt_with_speakers,
+    "srt": _srt_with_speakers,
+    "vtt": _vtt_with_speakers,
+    "tsv": _tsv_with_speakers,
+}

@@ -37,6 +37,35 @@ class Task(StrEnum):
     TRANSLATE = "translate"
 
 
+def parse_priority(raw: str | None) -> int:
+    """`urgent`, `high`, `normal`, `low`, or an integer in range; higher runs first."""
+    from service.errors import BadRequest
+
+    value = (raw or "").strip().lower()
+    if value == "":
+        return PRIORITIES["normal"]
+    if value in PRIORITIES:
+        return PRIORITIES[value]
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(
+            f"priority must be one of {', '.join(PRIORITIES)} or a whole number, not {raw!r}."
+        ) from None
+    if not MIN_PRIORITY <= number <= MAX_PRIORITY:
+        raise BadRequest(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {number}.")
+    return number
+
+
+def priority_name(value: int) -> str | None:
+    return next((name for name, level in PRIORITIES.items() if level == value), None)
+
+
+def effective_priority(priority: int, waited_s: float, aging_s: float) -> float:
+    """Ageing: one level per `aging_s` waited, up to just below urgent; never lowers a job."""
+    return max(float(priority), min(priority + waited_s / aging_s, URGENT - 1.0))
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Per-job extras beyond model, language and task; stored as JSON in the journal."""

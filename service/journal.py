@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.jobs import Job, JobOptions, JobStatus, NewJob, Task
+from service.jobs import URGENT, Job, JobOptions, JobStatus, NewJob, Task
 
 T = TypeVar("T")
 
@@ -127,8 +127,9 @@ def _requeue_or_fail(conn: sqlite3.Connection, job_id: str, attempts: int, limit
 class Journal:
     """Async facade over the SQLite journal."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, priority_aging_s: float = 60.0) -> None:
         self.path = path
+        self.priority_aging_s = priority_aging_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
 
@@ -187,9 +188,13 @@ class Journal:
         """1 for the job that runs next."""
 
         def op(conn: sqlite3.Connection) -> int:
+            effective = "MAX(priority, MIN(priority + (:now - created_at) / :aging, :ceiling))"
+            args = {"queued": JobStatus.QUEUED.value, "now": time.time(), "seq": job.seq, **self._order_args}
             (ahead,) = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq < ?",
-                (JobStatus.QUEUED.value, job.seq),
+                f"WITH mine AS (SELECT {effective} AS e FROM jobs WHERE seq = :seq) "
+                f"SELECT COUNT(*) FROM jobs, mine WHERE status = :queued AND seq != :seq "
+                f"AND ({effective} > mine.e OR ({effective} = mine.e AND seq < :seq))",
+                args,
             ).fetchone()
             return int(ahead) + 1
 
@@ -230,10 +235,11 @@ class Journal:
 
         def op(conn: sqlite3.Connection) -> Job:
             deleted = conn.execute(
-                "DELETE FROM jobs WHERE job_id = ? AND status = ?", (new.job_id, JobStatus.FAILED.value)
+                "DELETE FROM jobs WHERE job_id = ? AND status IN (?, ?)",
+                (new.job_id, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
             ).rowcount
             if deleted != 1:
-                raise sqlite3.IntegrityError(f"job {new.job_id} is not failed")
+                raise sqlite3.IntegrityError(f"job {new.job_id} is not failed or cancelled")
             return _insert(conn, new)
 
         return await self._run(op)
@@ -241,34 +247,175 @@ class Journal:
     async def claim_next(self, prefer: Collection[str] = (), patience_s: float = 0.0) -> Job | None:
         """Move the next queued job to processing and count the attempt.
 
-        The oldest job goes first, except that a job for a model in `prefer` (the loaded ones)
-        may overtake it while the oldest has waited less than `patience_s`: mixed queues then
-        do not reload models back and forth, and no job waits on that account for long.
+        Highest effective priority first (see `jobs.effective_priority`), oldest first within
+        a level. A job for a model in `prefer` (the loaded ones) and of the same priority may
+        overtake it while the first has waited less than `patience_s`: mixed queues then do not
+        reload models back and forth, and no job waits on that account for long.
         """
 
         def op(conn: sqlite3.Connection) -> Job | None:
+            now = time.time()
+            order = self._order_sql()
             row = conn.execute(
-                "SELECT job_id, model, created_at FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
-                (JobStatus.QUEUED.value,),
+                f"SELECT job_id, model, created_at, priority FROM jobs WHERE status = :queued "
+                f"ORDER BY {order} LIMIT 1",
+                {"queued": JobStatus.QUEUED.value, "now": now, **self._order_args},
             ).fetchone()
             if row is None:
                 return None
-            if prefer and row[1] not in prefer and time.time() - row[2] < patience_s:
-                marks = ", ".join("?" for _ in prefer)
+            if prefer and row[1] not in prefer and now - row[2] < patience_s:
+                marks = ", ".join(f":m{i}" for i in range(len(prefer)))
                 row = (
                     conn.execute(
-                        f"SELECT job_id FROM jobs WHERE status = ? AND model IN ({marks}) "
-                        "ORDER BY seq LIMIT 1",
-                        (JobStatus.QUEUED.value, *prefer),
+                        f"SELECT job_id FROM jobs WHERE status = :queued AND priority >= :priority "
+                        f"AND model IN ({marks}) ORDER BY {order} LIMIT 1",
+                        {
+                            "queued": JobStatus.QUEUED.value,
+                            "priority": row[3],
+                            "now": now,
+                            **self._order_args,
+                            **{f"m{i}": m for i, m in enumerate(prefer)},
+                        },
                     ).fetchone()
                     or row
                 )
             conn.execute(
                 "UPDATE jobs SET status = ?, started_at = ?, progress = 0, attempts = attempts + 1 "
                 "WHERE job_id = ?",
-                (JobStatus.PROCESSING.value, time.time(), row[0]),
+                (JobStatus.PROCESSING.value, now, row[0]),
             )
             return _fetch(conn, row[0])
+
+        return await self._run(op)
+
+    def _order_sql(self) -> str:
+        """Run order of queued jobs: effective priority (with ageing) down, then arrival."""
+        return "MAX(priority, MIN(priority + (:now - created_at) / :aging, :ceiling)) DESC, seq ASC"
+
+    @property
+    def _order_args(self) -> dict[str, float]:
+        return {"aging": self.priority_aging_s, "ceiling": URGENT - 1.0}
+
+    async def queued_in_order(self, limit: int | None = None) -> list[Job]:
+        """Queued jobs in the order they will run (as far as the queue alone decides)."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status = :queued ORDER BY {self._order_sql()} "
+                "LIMIT :limit",
+                {
+                    "queued": JobStatus.QUEUED.value,
+                    "now": time.time(),
+                    "limit": limit or -1,
+                    **self._order_args,
+                },
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return await self._run(op)
+
+    async def list_jobs(
+        self, statuses: Collection[JobStatus] = (), limit: int = 50, before_seq: int | None = None
+    ) -> list[Job]:
+        """Newest first; `before_seq` pages on from the last job of the previous page."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            where: list[str] = []
+            args: list[object] = []
+            if statuses:
+                where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+                args += [s.value for s in statuses]
+            if before_seq is not None:
+                where.append("seq < ?")
+                args.append(before_seq)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return await self._run(op)
+
+    async def recent_speeds(self, count: int = 20) -> list[tuple[float, float]]:
+        """(audio seconds, processing seconds) of the last completed runs, for wait estimates."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[float, float]]:
+            rows = conn.execute(
+                "SELECT duration_s, completed_at - started_at FROM jobs WHERE status = ? "
+                "AND started_at IS NOT NULL AND duration_s > 0 ORDER BY completed_at DESC LIMIT ?",
+                (JobStatus.COMPLETED.value, count),
+            ).fetchall()
+            return [(float(a), float(p)) for a, p in rows if p is not None and p > 0]
+
+        return await self._run(op)
+
+    async def find_cached(self, cache_key: str) -> Job | None:
+        """The newest completed job with this cache key."""
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE cache_key = ? AND status = ? ORDER BY seq DESC LIMIT 1",
+                (cache_key, JobStatus.COMPLETED.value),
+            ).fetchone()
+            return _row_to_job(row) if row else None
+
+        return await self._run(op)
+
+    async def insert_completed(self, new: NewJob, source: Job, note: str) -> Job:
+        """A job answered from the transcript cache: completed the moment it is accepted."""
+
+        def op(conn: sqlite3.Connection) -> Job:
+            conn.execute(
+                "DELETE FROM jobs WHERE job_id = ? AND status IN (?, ?)",
+                (new.job_id, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+            )
+            _insert(conn, new)
+            now = time.time()
+            conn.execute(
+                "UPDATE jobs SET status = ?, progress = 1, started_at = ?, completed_at = ?, "
+                "language = ?, duration_s = COALESCE(?, duration_s), note = ? WHERE job_id = ?",
+                (
+                    JobStatus.COMPLETED.value,
+                    now,
+                    now,
+                    source.language,
+                    source.duration_s,
+                    note,
+                    new.job_id,
+                ),
+            )
+            job = _fetch(conn, new.job_id)
+            assert job is not None
+            return job
+
+        return await self._run(op)
+
+    async def expired(self, ended_before: float, limit: int = 500) -> list[Job]:
+        """Finished jobs that ended before the given time (retention); never queued or running."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND completed_at < ? "
+                "ORDER BY completed_at LIMIT ?",
+                (
+                    JobStatus.COMPLETED.value,
+                    JobStatus.FAILED.value,
+                    JobStatus.CANCELLED.value,
+                    ended_before,
+                    limit,
+                ),
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return await self._run(op)
+
+    async def delete_finished(self, job_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(
+                "DELETE FROM jobs WHERE job_id = ? AND status IN (?, ?, ?)",
+                (job_id, JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+            ).rowcount
+            return bool(deleted == 1)
 
         return await self._run(op)
 
@@ -373,9 +520,13 @@ class Journal:
 
         return await self._run(op)
 
-    async def set_note(self, job_id: str, note: str) -> None:
+    async def set_note(self, job_id: str, note: str, cacheable: bool = True) -> None:
+        """`cacheable=False`: the result will not be what the job's cache key promises (fallback)."""
         await self._run(
-            lambda conn: conn.execute("UPDATE jobs SET note = ? WHERE job_id = ?", (note, job_id))
+            lambda conn: conn.execute(
+                "UPDATE jobs SET note = ?, cache_key = CASE WHEN ? THEN cache_key END WHERE job_id = ?",
+                (note, cacheable, job_id),
+            )
         )
 
     async def release(self, job_id: str) -> None:

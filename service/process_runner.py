@@ -1,8 +1,8 @@
 """Inference in a supervised child process, so a crash there never takes the HTTP API down.
 
 The parent talks to the child over a pipe: requests carry an id and get one answer; progress
-reports flow back as they happen. A reader thread in the parent turns the child's messages
-into future results on the event loop. When the pipe closes (segfault, OOM kill, `kill -9`),
+reports and decoded segments flow back as they happen. A reader thread in the parent turns the
+child's messages into future results on the event loop. When the pipe closes (segfault, OOM kill, `kill -9`),
 every request in flight fails with `WorkerCrashed`, and the child is started again, with a
 growing pause between restarts so a model that crashes at load cannot spin the CPU.
 """
@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from service.engines.base import JobInterrupted, Result
-from service.runner import ProgressSink, TranscribeRequest, WorkerCrashed, execute, idle_check_seconds
+from service.runner import (
+    ProgressSink,
+    SegmentSink,
+    TranscribeRequest,
+    WorkerCrashed,
+    execute,
+    idle_check_seconds,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,7 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
                 request,
                 flag.is_set,
                 lambda fraction: send(("progress", request.job_id, fraction)),
+                lambda segment: send(("segment", request.job_id, segment)),
             )
         finally:
             stop_flags.pop(request.job_id, None)
@@ -141,13 +149,20 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
 class ProcessRunner:
     """Supervises the inference process: requests, progress, crash detection, restarts."""
 
-    def __init__(self, settings: Settings, models_dir: Path, on_progress: ProgressSink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models_dir: Path,
+        on_progress: ProgressSink,
+        on_segment: SegmentSink | None = None,
+    ) -> None:
         self.settings = settings
         self.models_dir = models_dir
         self.pid: int | None = None
         self.restarts = 0
         self.state = "starting"
         self._on_progress = on_progress
+        self._on_segment = on_segment
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -229,6 +244,9 @@ class ProcessRunner:
         kind = message[0]
         if kind == "progress":
             self._on_progress(message[1], message[2])
+        elif kind == "segment":
+            if self._on_segment is not None:
+                self._on_segment(message[1], message[2])
         elif kind == "hello":
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(None)

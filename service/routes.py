@@ -14,14 +14,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiofiles
 from aiohttp import BodyPartReader, web
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from service import __version__, audio, formats, storage
-from service.appkeys import ENGINE, JOURNAL, LAYOUT, SETTINGS, STARTED_AT, SUBMIT_LOCK, WATCH, WORKER
+from service import __version__, audio, cache, control, formats, storage, streams
+from service import events as ev
+from service.appkeys import (
+    ENGINE,
+    EVENTS,
+    JOURNAL,
+    LAYOUT,
+    SETTINGS,
+    STARTED_AT,
+    SUBMIT_LOCK,
+    WATCH,
+    WORKER,
+)
 from service.errors import (
     BadRequest,
     InvalidAudio,
@@ -30,8 +40,9 @@ from service.errors import (
     ServiceUnavailable,
     TranscriptNotReady,
 )
-from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time
+from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time, parse_priority
 from service.storage import ReceivedUpload
+from service.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ _TEXT_FIELDS = (
     "min_speakers",
     "max_speakers",
     "channels",
+    "priority",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 # Longest long-poll on /status?wait=: below common proxy and client read timeouts.
@@ -101,6 +113,7 @@ async def _read_form(request: web.Request) -> _Form:
                     raise BadRequest("Send exactly one 'file' field.")
                 # Fields sent before the file are checked now, before a large body is stored.
                 _validate_fields(request, form.fields)
+                parse_priority(form.fields.get("priority"))
                 form.filename = part.filename
                 form.upload = await storage.receive_upload(_file_chunks(part), request.app[LAYOUT].tmp, limit)
             elif part.name in _TEXT_FIELDS:
@@ -196,9 +209,7 @@ def _validate_fields(
 
     callback_url = fields.get("callback_url") or None
     if callback_url is not None:
-        parts = urlsplit(callback_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BadRequest("callback_url must be an absolute http:// or https:// URL.")
+        check_callback_url(callback_url, settings)
     return job_id, model, language, task, callback_url, _job_options(fields)
 
 
@@ -250,10 +261,12 @@ async def transcribe(request: web.Request) -> web.Response:
     """
     if request.app[WORKER].stopping:
         raise ServiceUnavailable("The service is shutting down; send the upload again in a moment.")
+    await control.check_queue_room(request.app)  # before the body is read: nothing is stored
     form = await _read_form(request)
     upload = form.upload
     try:
         job_id, model, language, task, callback_url, options = _validate_fields(request, form.fields)
+        priority = parse_priority(form.fields.get("priority"))
         if upload is None:
             raise BadRequest("The form has no 'file' field; attach the audio as file=@audio.wav.")
         if upload.size == 0:
@@ -265,17 +278,18 @@ async def transcribe(request: web.Request) -> web.Response:
 
         journal = request.app[JOURNAL]
         layout = request.app[LAYOUT]
+        settings = request.app[SETTINGS]
+        key = cache.cache_key(settings, upload.sha256, model, language, task, options)
         async with request.app[SUBMIT_LOCK]:
             existing = await journal.get(job_id)
             retry = False
             if existing is not None:
                 _check_same_job(existing, upload.sha256, model, language, task, options)
-                if existing.status is not JobStatus.FAILED:
+                if existing.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                     return _accepted(request, existing, 200)
-                retry = True  # the same upload again after a failure: run it again
+                retry = True  # the same upload again after a failure or cancel: run it again
             audio_file = _audio_name(job_id, form.filename)
             target = layout.audio_path(audio_file)
-            await loop.run_in_executor(None, storage.commit_upload, upload, target)
             new = NewJob(
                 job_id=job_id,
                 audio_file=audio_file,
@@ -288,7 +302,15 @@ async def transcribe(request: web.Request) -> web.Response:
                 callback_url=callback_url,
                 duration_s=info.duration_s,
                 options=options,
+                priority=priority,
+                cache_key=key,
             )
+            cached = await _from_cache(request, new) if settings.transcript_cache else None
+            if cached is not None:
+                request.app[WATCH].notify(job_id)
+                request.app[EVENTS].publish(job_id, ev.END, {"status": cached.status.value})
+                return _accepted(request, cached, 202)
+            await loop.run_in_executor(None, storage.commit_upload, upload, target)
             try:
                 job = await (journal.replace_failed(new) if retry else journal.insert(new))
             except (sqlite3.Error, OSError):
@@ -308,8 +330,30 @@ async def transcribe(request: web.Request) -> web.Response:
         info.channels,
         f"{info.duration_s:.1f}" if info.duration_s is not None else "?",
     )
+    request.app[EVENTS].publish(job_id, ev.STATUS, {"status": job.status.value})
     request.app[WORKER].wake()
     return _accepted(request, job, 202)
+
+
+async def _from_cache(request: web.Request, new: NewJob) -> Job | None:
+    """A completed job from an earlier job with the same audio, model and options, or None."""
+    journal, layout = request.app[JOURNAL], request.app[LAYOUT]
+    assert new.cache_key is not None
+    source = await journal.find_cached(new.cache_key)
+    if source is None:
+        return None
+    copied = await asyncio.get_running_loop().run_in_executor(
+        None,
+        cache.copy_transcript,
+        layout.transcript_path(source.job_id),
+        layout.transcript_path(new.job_id),
+    )
+    if not copied:
+        return None
+    note = f"Transcript reused from job {source.job_id} (same audio, model and options)."
+    job = await journal.insert_completed(new, source, note)
+    log.info("job %s: answered from the transcript cache (job %s)", new.job_id, source.job_id)
+    return job
 
 
 async def _get_job(request: web.Request) -> Job:
@@ -341,6 +385,8 @@ def _message(job: Job, position: int | None) -> str:
     if job.status is JobStatus.COMPLETED:
         took = (job.completed_at or 0) - (job.started_at or job.created_at)
         return f"Completed in {took:.1f} s; download the transcript from /download/{job.job_id}."
+    if job.status is JobStatus.CANCELLED:
+        return "Cancelled; submit the audio again to run it."
     return f"Failed: {job.error}"
 
 
@@ -376,12 +422,8 @@ async def _wait_until_finished(request: web.Request, job: Job, seconds: float) -
     return job
 
 
-async def status(request: web.Request) -> web.Response:
-    """The job's state; with ?wait=N, answers as soon as the job finishes (or after N seconds)."""
-    wait = _wait_seconds(request)
-    job = await _get_job(request)
-    if wait > 0:
-        job = await _wait_until_finished(request, job, wait)
+async def status_body(request: web.Request, job: Job) -> dict[str, Any]:
+    """What GET /status says about a job; live streams send the same as their `state` messages."""
     position = await request.app[JOURNAL].queue_position(job) if job.status is JobStatus.QUEUED else None
     body: dict[str, Any] = {
         "job_id": job.job_id,
@@ -393,6 +435,7 @@ async def status(request: web.Request) -> web.Response:
         "task": job.task.value,
         "duration_s": round(job.duration_s, 3) if job.duration_s is not None else None,
         "attempts": job.attempts,
+        "priority": job.priority,
         "options": job.options.describe(),
         "created_at": iso_time(job.created_at),
         "started_at": iso_time(job.started_at),
@@ -406,7 +449,16 @@ async def status(request: web.Request) -> web.Response:
         body["error"] = job.error
     if job.note:
         body["note"] = job.note
-    return web.json_response(body)
+    return body
+
+
+async def status(request: web.Request) -> web.Response:
+    """The job's state; with ?wait=N, answers as soon as the job finishes (or after N seconds)."""
+    wait = _wait_seconds(request)
+    job = await _get_job(request)
+    if wait > 0:
+        job = await _wait_until_finished(request, job, wait)
+    return web.json_response(await status_body(request, job))
 
 
 async def download(request: web.Request) -> web.Response:
@@ -421,7 +473,7 @@ async def download(request: web.Request) -> web.Response:
     result = await _load_result(request, job)
     # Rendering hours of segments takes tens of milliseconds: not on the event loop.
     body, content_type = await asyncio.get_running_loop().run_in_executor(
-        None, formats.render, result, fmt, job.job_id
+        None, formats.render, result, fmt, job.job_id, job.task.value
     )
     return web.Response(
         text=body,
@@ -514,3 +566,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/models", list_models, name="models")
     app.router.add_post("/models/{name}/load", load_model, name="load_model")
     app.router.add_delete("/models/{name}", unload_model, name="unload_model")
+    control.setup_control_routes(app)
+    streams.setup_stream_routes(app)

@@ -16,11 +16,13 @@ from typing import Any, Protocol
 
 from service import audio
 from service.diarization import DiarizationOptions, Diarizer, merge_channel_results
-from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.jobs import JobOptions
 from service.models import ModelManager
 
 ProgressSink = Callable[[str, float], None]
+# Each decoded segment, as a dict (the shape /download's json has), for live streams.
+SegmentSink = Callable[[str, dict[str, Any]], None]
 # How often idle models are looked for.
 IDLE_CHECK_SECONDS = 15.0
 
@@ -65,11 +67,28 @@ def execute(
     request: TranscribeRequest,
     should_stop: Callable[[], bool],
     report: Callable[[float], None],
+    emit: Callable[[dict[str, Any]], None] | None = None,
 ) -> Result:
     """One job's inference: decode the audio once, transcribe (each channel, when split), and
-    put speakers on the result when asked, with the model pinned throughout."""
+    put speakers on the result when asked, with the model pinned throughout.
+
+    `emit` hears each segment as it is decoded: before diarization (no speakers yet), and when
+    split by channel with `channel` and `speaker` set and ids counted across channels, so they
+    stay distinct (the final result renumbers them in time order).
+    """
     extras = request.job_options
     span = [0, 1]  # channels done, channels in all: progress runs 0..1 over every channel
+    emitted = [0]
+
+    def on_segment(segment: Segment) -> None:
+        if emit is None:
+            return
+        live = segment.as_dict()
+        if extras.split_channels:
+            channel = span[0] + 1
+            live.update(id=emitted[0], channel=channel, speaker=f"CHANNEL_{channel}")
+        emitted[0] += 1
+        emit(live)
 
     def on_progress(fraction: float) -> None:
         overall = (span[0] + fraction) / span[1]
@@ -90,12 +109,14 @@ def execute(
             results = []
             for index, pcm in enumerate(channels):
                 span[0] = index
-                results.append(manager.engine.transcribe(model, pcm, options, on_progress))
+                results.append(
+                    manager.engine.transcribe(model, pcm, options, on_progress, on_segment, should_stop)
+                )
             return merge_channel_results(results)
         pcm = audio.decode(path)
         if should_stop():
             raise JobInterrupted
-        result = manager.engine.transcribe(model, pcm, options, on_progress)
+        result = manager.engine.transcribe(model, pcm, options, on_progress, on_segment, should_stop)
     if not extras.diarize:
         return result
     speakers = DiarizationOptions(extras.num_speakers, extras.min_speakers, extras.max_speakers)
@@ -136,11 +157,18 @@ class Runner(Protocol):
 class ThreadRunner:
     """Inference on threads of this process: no isolation, no start-up cost."""
 
-    def __init__(self, manager: ModelManager, workers: int, on_progress: ProgressSink) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        workers: int,
+        on_progress: ProgressSink,
+        on_segment: SegmentSink | None = None,
+    ) -> None:
         self.manager = manager
         self.pid: int | None = None
         self.restarts = 0
         self._on_progress = on_progress
+        self._on_segment = on_segment
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._stop_flags: dict[str, threading.Event] = {}
         self._idle_task: asyncio.Task[None] | None = None
@@ -180,9 +208,13 @@ class ThreadRunner:
         def report(fraction: float) -> None:
             loop.call_soon_threadsafe(self._on_progress, request.job_id, fraction)
 
+        def emit(segment: dict[str, Any]) -> None:
+            if self._on_segment is not None:
+                loop.call_soon_threadsafe(self._on_segment, request.job_id, segment)
+
         try:
             return await loop.run_in_executor(
-                self._executor, execute, self.manager, request, flag.is_set, report
+                self._executor, execute, self.manager, request, flag.is_set, report, emit
             )
         finally:
             self._stop_flags.pop(request.job_id, None)

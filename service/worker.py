@@ -315,7 +315,7 @@ class Worker:
                 f"transcribed with the default model {self.settings.model} instead."
             )
             log.warning("job %s: %s", job.job_id, note)
-            await self.journal.set_note(job.job_id, note)
+            await self.journal.set_note(job.job_id, note, cacheable=False)
             fallback = TranscribeRequest(job.job_id, str(path), self.settings.model, options, job.options)
             return await self._run_with_timeout(fallback, job_timeout(self.settings, job.duration_s))
 

@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 import requests
 
-from service.engines.base import DecodeOptions, JobInterrupted, ProgressCallback, Result, Segment
+from service.engines.base import (
+    DecodeOptions,
+    JobInterrupted,
+    ProgressCallback,
+    Result,
+    Segment,
+    SegmentCallback,
+)
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,9 +120,15 @@ class SharedModelEngine:
             return self._models[name]
 
     def transcribe(
-        self, model: Any, audio: np.ndarray, options: DecodeOptions, on_progress: ProgressCallback
+        self,
+        model: Any,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_progress: ProgressCallback,
+        on_segment: SegmentCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Result:
-        return self._inner.transcribe(model, audio, options, on_progress)
+        return self._inner.transcribe(model, audio, options, on_progress, on_segment, should_stop)
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +140,8 @@ def real_engine(tmp_path_factory: pytest.TempPathFactory) -> SharedModelEngine:
 class FakeEngine:
     """Deterministic stand-in for queue logic tests: 'transcribes' to a description of the audio.
 
-    `gate` holds every decode until set, so a test can observe a job in processing.
+    `gate` holds every decode until set, so a test can observe a job in processing. Each step
+    hands `on_segment` one small segment (" step N"), as a real engine does per window.
     """
 
     name: str = "fake"
@@ -159,12 +173,22 @@ class FakeEngine:
         return name
 
     def transcribe(
-        self, model: Any, audio: np.ndarray, options: DecodeOptions, on_progress: ProgressCallback
+        self,
+        model: Any,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_progress: ProgressCallback,
+        on_segment: SegmentCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Result:
         duration = len(audio) / 16_000
         for step in range(1, self.steps + 1):
             while not self.gate.wait(0.05):
                 on_progress((step - 1) / self.steps)  # lets shutdown interrupt a held decode
+            if on_segment is not None:
+                span = duration / self.steps
+                start, end = (step - 1) * span, step * span
+                on_segment(Segment(id=step - 1, start=start, end=end, text=f" step {step}"))
             on_progress(step / self.steps)
         if self.fail_with is not None:
             raise self.fail_with

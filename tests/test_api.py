@@ -105,20 +105,20 @@ async def test_transcribe_status_download_real_model(
 async def test_unavailable_model_fails_its_job_only(
     settings: Settings, aiohttp_client: ClientFactory, real_engine: Any
 ) -> None:
-    """`base` is a real model name, but this machine (like CI) has no route to its download."""
+    """`small` is a real model name, but this machine (like CI) has no route to its download."""
     client = await aiohttp_client(create_app(settings, engine=real_engine))
     clip = eval_clip(CLIP)
     assert (
-        await client.post("/transcribe", data=form(clip, job_id="wants-base", model="base"))
+        await client.post("/transcribe", data=form(clip, job_id="wants-small", model="small"))
     ).status == 202
     assert (await client.post("/transcribe", data=form(clip, job_id="default"))).status == 202
-    failed = await wait_status(client, "wants-base", {"completed", "failed"}, timeout=120)
+    failed = await wait_status(client, "wants-small", {"completed", "failed"}, timeout=120)
     assert failed["status"] == "failed"
-    assert "could not be downloaded" in failed["error"] and "base.pt" in failed["error"]
+    assert "could not be downloaded" in failed["error"] and "small.pt" in failed["error"]
     done = await wait_status(client, "default", {"completed", "failed"}, timeout=120)
     assert done["status"] == "completed"
     assert word_error_rate(reference_text(CLIP), done["transcript"]) < 0.3
-    assert not list((settings.storage_dir / "models").glob("base*"))
+    assert not list((settings.storage_dir / "models").glob("small*"))
 
 
 async def test_operator_checkpoint_path_as_default_model(

@@ -13,7 +13,7 @@ import pytest
 from conftest import ENGLISH_CLIPS, eval_clip, reference_text, word_error_rate
 
 from service import audio
-from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.errors import BadRequest
 from service.formats import FORMATS, check_format, render
 
@@ -56,11 +56,23 @@ def clip_results(real_engine: Any, model: Any) -> dict[str, Result]:
 
 
 @pytest.fixture(scope="module")
-def long_run(real_engine: Any, model: Any, long_wav: Path) -> tuple[Result, list[float], float]:
-    """One transcription of ~90 s of speech, recording every progress report."""
+def live_segments() -> list[tuple[int, Segment]]:
+    """What long_run's on_segment heard: (progress reports so far, segment), in call order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def long_run(
+    real_engine: Any, model: Any, long_wav: Path, live_segments: list[tuple[int, Segment]]
+) -> tuple[Result, list[float], float]:
+    """One transcription of ~90 s of speech, recording every progress report and live segment."""
     pcm = audio.decode(long_wav)
     reports: list[float] = []
-    result = real_engine.transcribe(model, pcm, DecodeOptions(beam_size=5), reports.append)
+
+    def on_segment(segment: Segment) -> None:
+        live_segments.append((len(reports), segment))
+
+    result = real_engine.transcribe(model, pcm, DecodeOptions(beam_size=5), reports.append, on_segment)
     return result, reports, len(pcm) / audio.SAMPLE_RATE
 
 
@@ -153,6 +165,20 @@ def test_long_audio_is_transcribed_to_the_end(long_run: tuple[Result, list[float
     assert [segment.id for segment in result.segments] == list(range(len(result.segments)))
 
 
+def test_segments_are_handed_on_window_by_window(
+    long_run: tuple[Result, list[float], float], live_segments: list[tuple[int, Segment]]
+) -> None:
+    """on_segment hears the result's segments, each once, in order, before its window's report."""
+    result, reports, _ = long_run
+    assert [s.as_dict() for _, s in live_segments] == [s.as_dict() for s in result.segments]
+    seen_after = [count for count, _ in live_segments]
+    print(f"segments per window: {[seen_after.count(n) for n in sorted(set(seen_after))]}")
+    assert seen_after == sorted(seen_after)
+    assert seen_after[0] == 0  # the first window's segments come before the first report
+    assert seen_after[-1] == len(reports) - 1  # the last window's before the last report
+    assert len(set(seen_after)) >= 3  # spread over the windows, not all at the end
+
+
 # -- interruption ---------------------------------------------------------------------------
 
 
@@ -184,6 +210,24 @@ def test_job_interrupted_stops_the_decode_and_the_model_still_works(
     assert len(calls) == 1
     assert reports and reports[-1] == 1.0
     assert word_error_rate(reference_text(name), result.text) <= WER_BOUNDS[name]
+
+
+def test_should_stop_interrupts_inside_a_window(real_engine: Any, model: Any, long_wav: Path) -> None:
+    """A cancel lands between decoder steps, long before the first 30 s window ends."""
+    pcm = audio.decode(long_wav)
+    checks = itertools.count()
+    reports: list[float] = []
+    with pytest.raises(JobInterrupted):
+        real_engine.transcribe(
+            model, pcm, DecodeOptions(beam_size=5), reports.append, should_stop=lambda: next(checks) >= 5
+        )
+    assert next(checks) == 6  # the sixth check (0..5) stopped it
+    assert reports == []  # not even the first window was finished
+    # The hook is gone: the next decode runs to the end.
+    result = real_engine.transcribe(
+        model, audio.decode(eval_clip("LDC93S1.wav")), DecodeOptions(), reports.append
+    )
+    assert reports[-1] == 1.0 and word_error_rate(reference_text("LDC93S1.wav"), result.text) < 0.35
 
 
 # -- output formats ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from test_engine import MEAN_WER_BOUND, WER_BOUNDS, WORDS_CLIP, check_word_times
 
 from service import audio
 from service.cpus import threads_per_worker
-from service.engines.base import DecodeOptions, JobInterrupted, Result
+from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.engines.faster_whisper import FasterWhisperEngine
 from service.errors import ModelUnavailable
 from service.formats import render
@@ -30,12 +30,26 @@ def model(engine: FasterWhisperEngine) -> Any:
 
 
 @pytest.fixture(scope="module")
-def results(engine: FasterWhisperEngine, model: Any) -> dict[str, tuple[Result, list[float]]]:
+def live_segments() -> dict[str, list[tuple[int, Segment]]]:
+    """Per clip, what on_segment heard during `results`: (progress reports so far, segment)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def results(
+    engine: FasterWhisperEngine, model: Any, live_segments: dict[str, list[tuple[int, Segment]]]
+) -> dict[str, tuple[Result, list[float]]]:
     out = {}
     for name in ENGLISH_CLIPS:
         progress: list[float] = []
+        heard = live_segments[name] = []
+
+        def on_segment(segment: Segment, progress: list[float] = progress, heard: list[Any] = heard) -> None:
+            heard.append((len(progress), segment))
+
         pcm = audio.decode(eval_clip(name))
-        out[name] = (engine.transcribe(model, pcm, DecodeOptions(beam_size=5), progress.append), progress)
+        result = engine.transcribe(model, pcm, DecodeOptions(beam_size=5), progress.append, on_segment)
+        out[name] = (result, progress)
     return out
 
 
@@ -63,6 +77,18 @@ def test_segments_progress_and_formats(results: dict[str, tuple[Result, list[flo
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 2
     srt, _ = render(result.as_dict(), "srt")
     assert srt.startswith("1\n00:00:00,000 --> ") and "-->" in srt
+
+
+def test_segments_are_handed_on_as_decoded(
+    results: dict[str, tuple[Result, list[float]]], live_segments: dict[str, list[tuple[int, Segment]]]
+) -> None:
+    """Each segment reaches on_segment once, in order, right before the progress report after it."""
+    for name in ENGLISH_CLIPS:
+        result, _ = results[name]
+        heard = live_segments[name]
+        assert [s.as_dict() for _, s in heard] == [s.as_dict() for s in result.segments], name
+        assert [count for count, _ in heard] == list(range(len(heard))), name
+    assert len(live_segments["1272-128104-0004-8k.wav"]) >= 3
 
 
 def test_word_timestamps(engine: FasterWhisperEngine, model: Any) -> None:

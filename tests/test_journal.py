@@ -11,7 +11,7 @@ from service.jobs import JobStatus, NewJob, Task
 from service.journal import Journal
 
 
-def new_job(job_id: str) -> NewJob:
+def new_job(job_id: str, priority: int = 0) -> NewJob:
     return NewJob(
         job_id=job_id,
         audio_file=f"{job_id}.wav",
@@ -23,6 +23,7 @@ def new_job(job_id: str) -> NewJob:
         task=Task.TRANSCRIBE,
         callback_url=None,
         duration_s=1.0,
+        priority=priority,
     )
 
 

@@ -385,9 +385,9 @@ def test_service_errors_become_typed_exceptions(service: ServerProcess, tmp_path
         with pytest.raises(JobNotFound):
             client.download("never-made")
 
-        # `base` needs a download this offline machine cannot make: the job fails.
-        failing = client.upload(clip, model="base")
-        assert "-base-" in failing.job_id
+        # `small` needs a download this offline machine cannot make: the job fails.
+        failing = client.upload(clip, model="small")
+        assert "-small-" in failing.job_id
         with pytest.raises(JobConflict, match="different audio"):
             client.upload(eval_clip(CLIP), job_id=failing.job_id)
         failed = client.wait(failing.job_id, timeout=120)
@@ -395,4 +395,4 @@ def test_service_errors_become_typed_exceptions(service: ServerProcess, tmp_path
         with pytest.raises(TranscriptNotReady, match="it failed"):
             client.download(failing.job_id)
         with pytest.raises(JobFailed, match="could not be downloaded"):
-            client.transcribe(clip, model="base")
+            client.transcribe(clip, model="small")

@@ -207,14 +207,16 @@ async def test_undecodable_audio_and_unknown_jobs(
 async def test_failed_job_is_reported_and_marked(
     service: ServerProcess, tmp_path: Path, mcp_log: TextIO
 ) -> None:
-    """`base` is a real model name that this offline machine cannot download, so its job fails."""
+    """`small` is a real model name that this offline machine cannot download, so its job fails."""
     audio = tmp_path / "memo.wav"
     shutil.copy(eval_clip(CLIP), audio)
     out = tmp_path / "out"
     async with mcp_tools(service.url, mcp_log) as session:
-        queued = await call(session, "transcribe_wav", filename=str(audio), output_dir=str(out), model="base")
+        queued = await call(
+            session, "transcribe_wav", filename=str(audio), output_dir=str(out), model="small"
+        )
         job_id = queued["job_id"]
-        assert queued["status"] == "queued" and job_id.startswith("memo-base-")
+        assert queued["status"] == "queued" and job_id.startswith("memo-small-")
 
         failed = (await poll_until_finished(session, job_id, out))[-1]
         assert failed["status"] == "failed" and "could not be downloaded" in failed["error"]
@@ -226,7 +228,9 @@ async def test_failed_job_is_reported_and_marked(
         )
         assert not (out / f"{job_id}.txt").exists()
 
-        resent = await call(session, "transcribe_wav", filename=str(audio), output_dir=str(out), model="base")
+        resent = await call(
+            session, "transcribe_wav", filename=str(audio), output_dir=str(out), model="small"
+        )
         assert resent["success"] and resent["status"] == "queued" and resent["job_id"] == job_id  # a retry
         again = (await poll_until_finished(session, job_id, out))[-1]
         assert again["status"] == "failed" and "could not be downloaded" in again["error"]

@@ -347,9 +347,9 @@ def test_fetch_model_explains_what_it_cannot_fetch(tmp_path: Path) -> None:
     unknown = run_script([sys.executable, FETCH_MODEL, "--model-dir", tmp_path, "nope"], offline)
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("fetch_model: Unknown model 'nope'.")
-    no_network = run_script([sys.executable, FETCH_MODEL, "--model-dir", tmp_path, "base"], offline)
+    no_network = run_script([sys.executable, FETCH_MODEL, "--model-dir", tmp_path, "small"], offline)
     assert no_network.returncode == 1
-    assert no_network.stderr.startswith("fetch_model: Model 'base' could not be downloaded")
+    assert no_network.stderr.startswith("fetch_model: Model 'small' could not be downloaded")
     no_dir = run_script([sys.executable, FETCH_MODEL, "tiny.en"], offline)
     assert no_dir.returncode == 2 and "give --model-dir or set SERVICE_MODEL_DIR" in no_dir.stderr
 

@@ -245,7 +245,7 @@ def test_models_endpoints_hand_loads_idle_unload_and_memory(server_factory: Any,
     assert requests.delete(server.url + "/models/tiny.en", timeout=10).status_code == 404
     resp = requests.post(server.url + "/models/no-such-model/load", timeout=10)
     assert resp.status_code == 400 and "Unknown model" in resp.json()["error"]
-    resp = requests.post(server.url + "/models/base/load", timeout=120)  # needs a download: offline
+    resp = requests.post(server.url + "/models/small/load", timeout=120)  # needs a download: offline
     assert resp.status_code == 400 and "could not be downloaded" in resp.json()["error"]
 
 
@@ -267,7 +267,7 @@ def test_memory_budget_refuses_a_model_that_does_not_fit(server_factory: Any, ch
 def test_fallback_to_the_default_model_says_so(server_factory: Any) -> None:
     server: ServerProcess = server_factory(extra_args=[*LONG_JOB_ARGS, "--model-fallback"]).start()
     with open(eval_clip(SHORT), "rb") as fp:
-        requests.post(server.url + "/transcribe", files={"file": fp}, data={"job_id": "fb", "model": "base"})
+        requests.post(server.url + "/transcribe", files={"file": fp}, data={"job_id": "fb", "model": "small"})
     done = wait_for_status(server.url, "fb", FINISHED)
     assert done["status"] == "completed", done
     assert "transcribed with the default model tiny.en instead" in done["note"]

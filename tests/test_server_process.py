@@ -305,7 +305,7 @@ def test_model_that_needs_a_download_exits_1_promptly_offline(
 ) -> None:
     import whisper
 
-    host = urlsplit(whisper._MODELS["base"]).hostname
+    host = urlsplit(whisper._MODELS["small"]).hostname
     try:
         socket.getaddrinfo(host, 443)
     except OSError:
@@ -313,15 +313,15 @@ def test_model_that_needs_a_download_exits_1_promptly_offline(
     else:
         pytest.skip(f"{host} resolves: this machine may download the model instead of failing")
 
-    server = server_factory(extra_args=["--model", "base"])
+    server = server_factory(extra_args=["--model", "small"])
     server.start(wait_ready=False)
     rc, elapsed = wait_exit(server, 120, "a server whose model cannot load")
     log = server.log()
     assert rc == 1, log
     assert elapsed < 60, f"took {elapsed:.0f} s to give up"
-    assert "could not load the default model 'base'" in log, log
+    assert "could not load the default model 'small'" in log, log
     assert "could not be downloaded" in log, log
-    assert not [p for p in (server.storage_dir / "models").iterdir() if p.name.startswith("base")]
+    assert not [p for p in (server.storage_dir / "models").iterdir() if p.name.startswith("small")]
 
 
 # -- a long job: progress, health, SIGTERM, SIGKILL ------------------------------------------

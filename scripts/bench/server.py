@@ -138,6 +138,9 @@ class ServiceProcess:
         args = list(self.args)
         if self.threads is not None and service_help().has("--threads") and "--threads" not in args:
             args += ["--threads", str(self.threads)]
+        # Clips are sent many times: each must really be transcribed, not answered from the cache.
+        if service_help().has("--transcript-cache") and "--transcript-cache" not in args:
+            args += ["--no-transcript-cache"]
         return args
 
     @property

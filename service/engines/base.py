@@ -9,6 +9,9 @@ from typing import Any, Protocol
 import numpy as np
 
 ProgressCallback = Callable[[float], None]
+StopCheck = Callable[[], bool]
+# Called with each segment as soon as it is final, for live streams (the result has them all too).
+SegmentCallback = Callable[["Segment"], None]
 
 
 class JobInterrupted(Exception):
@@ -126,4 +129,11 @@ class Engine(Protocol):
         audio: np.ndarray,
         options: DecodeOptions,
         on_progress: ProgressCallback,
-    ) -> Result: ...
+        on_segment: SegmentCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> Result:
+        """Transcribe 16 kHz mono audio. `on_segment`, when given, hears every segment of the
+        result, in order, as it is decoded (so streams can show text before the job ends).
+        `should_stop`, when given, may be polled inside a window; when it says True the engine
+        raises JobInterrupted as soon as it can (cancel within a fraction of a second)."""
+        ...

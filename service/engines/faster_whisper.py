@@ -4,8 +4,9 @@ The bundled tiny.en is a CTranslate2 directory already, so it loads as it is. Ot
 fetched by faster-whisper into the model directory (which needs the network once), and a path
 to a converted CTranslate2 directory loads directly.
 
-Segments arrive lazily, one decoded window at a time; progress is reported after each, and the
-callback may raise `JobInterrupted` there to stop the decode between windows.
+Segments arrive lazily, one decoded window at a time; each is handed on as it arrives, progress
+is reported after it, and the callback may raise `JobInterrupted` there to stop the decode
+between windows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment, Word
-from service.engines.bundled import bundled_ct2_dir
+from service.engines.base import (
+    DecodeOptions,
+    ProgressCallback,
+    Result,
+    Segment,
+    SegmentCallback,
+    StopCheck,
+    Word,
+)
+from service.engines.bundled import assembled_ct2_dir, bundled_ct2_dir, is_bundled
 from service.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,7 +76,7 @@ class FasterWhisperEngine:
     def check_model_name(self, name: str) -> None:
         from faster_whisper import available_models
 
-        if name in available_models() or bundled_ct2_dir(name) is not None:
+        if name in available_models() or is_bundled(name):
             return
         if os.path.isfile(os.path.join(name, "model.bin")):
             return
@@ -85,7 +94,7 @@ class FasterWhisperEngine:
 
         out = []
         for name, repo in _MODELS.items():
-            bundled = bundled_ct2_dir(name) is not None
+            bundled = is_bundled(name)
             cached = self.models_dir / "faster-whisper" / ("models--" + repo.replace("/", "--"))
             on_disk = any(cached.glob("snapshots/*/model.bin"))
             out.append({"name": name, "bundled": bundled, "on_disk": on_disk, "offline": bundled or on_disk})
@@ -95,7 +104,10 @@ class FasterWhisperEngine:
     def load(self, name: str) -> Any:
         from faster_whisper import WhisperModel, available_models
 
-        bundled = bundled_ct2_dir(name)
+        try:
+            bundled = bundled_ct2_dir(name) or assembled_ct2_dir(name, self.models_dir)
+        except OSError as exc:  # joining a split bundle into the cache: disk full, read-only
+            raise ModelUnavailable(f"The bundled model {name} could not be unpacked: {exc}") from exc
         if bundled is not None:
             source = str(bundled)
         elif os.path.isfile(os.path.join(name, "model.bin")):
@@ -126,6 +138,8 @@ class FasterWhisperEngine:
         audio: np.ndarray,
         options: DecodeOptions,
         on_progress: ProgressCallback,
+        on_segment: SegmentCallback | None = None,
+        should_stop: StopCheck | None = None,  # CTranslate2 decodes a window in one call
     ) -> Result:
         language = options.language
         if not model.model.is_multilingual:
@@ -145,17 +159,18 @@ class FasterWhisperEngine:
         )
         segments: list[Segment] = []
         for index, piece in enumerate(pieces):
-            segments.append(
-                Segment(
-                    id=index,
-                    start=float(piece.start),
-                    end=float(piece.end),
-                    text=str(piece.text),
-                    avg_logprob=float(piece.avg_logprob),
-                    no_speech_prob=float(piece.no_speech_prob),
-                    words=_words(piece.words) if options.word_timestamps else None,
-                )
+            segment = Segment(
+                id=index,
+                start=float(piece.start),
+                end=float(piece.end),
+                text=str(piece.text),
+                avg_logprob=float(piece.avg_logprob),
+                no_speech_prob=float(piece.no_speech_prob),
+                words=_words(piece.words) if options.word_timestamps else None,
             )
+            segments.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
             if duration > 0:
                 on_progress(min(0.999, piece.end / duration))
         on_progress(1.0)

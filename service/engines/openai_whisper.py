@@ -3,6 +3,8 @@
 Progress comes from the window loop inside `whisper.transcribe`, which reports each decoded
 window to a tqdm bar. The module's `tqdm` is swapped, once, for a bar that forwards to a
 per-thread callback; the callback may raise `JobInterrupted` to stop between windows.
+The same bar hands on each window's finished segments: it holds the list `whisper.transcribe`
+appends them to, and at every update forwards the ones it has not sent yet.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +24,45 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from service.engines.base import DecodeOptions, ProgressCallback, Result, Segment, Word
-from service.engines.bundled import bundled_ct2_dir
+from service.engines.base import (
+    DecodeOptions,
+    JobInterrupted,
+    ProgressCallback,
+    Result,
+    Segment,
+    SegmentCallback,
+    StopCheck,
+    Word,
+)
+from service.engines.bundled import assembled_ct2_dir, bundled_ct2_dir, is_bundled
 from service.engines.ct2_import import ModelImportError, cached_import
 from service.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 _progress = threading.local()
+RawSegmentCallback = Callable[[dict[str, Any]], None]
+
+
+def _callers_segments() -> list[dict[str, Any]] | None:
+    """The list whisper.transcribe collects finished segments in (a local of the bar's creator).
+
+    None if whisper changed shape: segments then reach the caller only after the decode.
+    """
+    try:
+        frame = sys._getframe(2)  # 0: here, 1: the bar's __init__, 2: whisper.transcribe
+    except ValueError:
+        return None
+    found = frame.f_locals.get("all_segments") if frame.f_code.co_name == "transcribe" else None
+    return found if isinstance(found, list) else None
+
+
+def _stop_hook(should_stop: StopCheck) -> Callable[..., None]:
+    def check(_module: Any, _inputs: Any) -> None:
+        if should_stop():
+            raise JobInterrupted
+
+    return check
 
 
 class _ForwardingBar:
@@ -37,6 +72,9 @@ class _ForwardingBar:
         self.total = total or 0
         self.n = 0
         self._callback: ProgressCallback | None = getattr(_progress, "callback", None)
+        self._on_segment: RawSegmentCallback | None = getattr(_progress, "on_segment", None)
+        self._segments = _callers_segments() if self._on_segment is not None else None
+        self._sent = 0
 
     def __enter__(self) -> _ForwardingBar:
         return self
@@ -46,6 +84,11 @@ class _ForwardingBar:
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        # whisper updates the bar right after it appends a window's segments: they are final.
+        if self._on_segment is not None and self._segments is not None:
+            while self._sent < len(self._segments):
+                self._sent += 1
+                self._on_segment(self._segments[self._sent - 1])
         if self._callback is not None and self.total > 0:
             self._callback(min(1.0, self.n / self.total))
 
@@ -58,6 +101,18 @@ def _install_progress_hook() -> None:
     # `whisper.transcribe` the attribute is the function; the module must be fetched by name.
     module = importlib.import_module("whisper.transcribe")
     module.tqdm = _TqdmModule  # type: ignore[attr-defined]
+
+
+def _segment(raw: dict[str, Any], word_timestamps: bool) -> Segment:
+    return Segment(
+        id=int(raw["id"]),
+        start=float(raw["start"]),
+        end=float(raw["end"]),
+        text=str(raw["text"]),
+        avg_logprob=float(raw["avg_logprob"]),
+        no_speech_prob=float(raw["no_speech_prob"]),
+        words=_words(raw) if word_timestamps else None,
+    )
 
 
 def _words(segment: dict[str, Any]) -> list[Word]:
@@ -103,7 +158,7 @@ class OpenAIWhisperEngine:
         """Every name this engine knows, and whether it can load without the network."""
         out = []
         for name in whisper.available_models():
-            bundled = bundled_ct2_dir(name) is not None
+            bundled = is_bundled(name)
             on_disk = (self.models_dir / os.path.basename(whisper._MODELS[name])).is_file() or any(
                 self.models_dir.glob(f"{name}-*.pt")
             )
@@ -112,7 +167,10 @@ class OpenAIWhisperEngine:
 
     # -- loading ----------------------------------------------------------------------
     def load(self, name: str) -> Whisper:
-        ct2_dir = bundled_ct2_dir(name)
+        try:
+            ct2_dir = bundled_ct2_dir(name) or assembled_ct2_dir(name, self.models_dir)
+        except OSError as exc:  # joining a split bundle into the cache: disk full, read-only
+            raise ModelUnavailable(f"The bundled model {name} could not be unpacked: {exc}") from exc
         if ct2_dir is not None:
             return self._load_imported(ct2_dir, name)
         if name in whisper.available_models():
@@ -155,6 +213,8 @@ class OpenAIWhisperEngine:
         audio: np.ndarray,
         options: DecodeOptions,
         on_progress: ProgressCallback,
+        on_segment: SegmentCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Result:
         beam: dict[str, Any] = {}
         if options.beam_size > 1:
@@ -162,7 +222,19 @@ class OpenAIWhisperEngine:
         language = options.language
         if not model.is_multilingual:
             language = "en"
+        sent = 0
+
+        def forward(raw: dict[str, Any]) -> None:
+            nonlocal sent
+            sent += 1
+            if on_segment is not None:
+                on_segment(_segment(raw, options.word_timestamps))
+
         _progress.callback = on_progress
+        _progress.on_segment = forward if on_segment is not None else None
+        # Checked before every decoder step, so a cancel lands mid-window, not at its end.
+        # One model decodes one file at a time here, so the hook is this call's alone.
+        hook = model.decoder.register_forward_pre_hook(_stop_hook(should_stop)) if should_stop else None
         try:
             with torch.inference_mode():
                 raw = model.transcribe(
@@ -176,18 +248,13 @@ class OpenAIWhisperEngine:
                 )
         finally:
             _progress.callback = None
-        segments = [
-            Segment(
-                id=int(s["id"]),
-                start=float(s["start"]),
-                end=float(s["end"]),
-                text=str(s["text"]),
-                avg_logprob=float(s["avg_logprob"]),
-                no_speech_prob=float(s["no_speech_prob"]),
-                words=_words(s) if options.word_timestamps else None,
-            )
-            for s in raw["segments"]
-        ]
+            _progress.on_segment = None
+            if hook is not None:
+                hook.remove()
+        segments = [_segment(s, options.word_timestamps) for s in raw["segments"]]
+        if on_segment is not None:
+            for segment in segments[sent:]:  # none, unless whisper's internals moved
+                on_segment(segment)
         return Result(
             text=str(raw["text"]).strip(),
             language=raw.get("language"),
