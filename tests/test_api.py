@@ -322,7 +322,7 @@ async def test_download_unfinished_and_bad_format(fake: tuple[TestClient[Any, An
     assert "it is processing" in (await resp.json())["error"]
     resp = await client.get("/download/held?format=docx")
     assert resp.status == 400
-    assert "txt, srt, vtt, json" in (await resp.json())["error"]
+    assert "txt, srt, vtt, tsv, json, verbose_json, rttm" in (await resp.json())["error"]
     engine.gate.set()
     await wait_status(client, "held", {"completed"})
     resp = await client.get("/download/held?format=txt")

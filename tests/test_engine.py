@@ -311,6 +311,6 @@ def test_formats_render_a_real_result(long_run: tuple[Result, list[float], float
         [s.start for s in result.segments], abs=5e-4
     )
 
-    assert set(FORMATS) == {"txt", "srt", "vtt", "json", "rttm"}
+    assert set(FORMATS) == {"txt", "srt", "vtt", "tsv", "json", "verbose_json", "rttm"}
     with pytest.raises(BadRequest, match="Unknown format 'docx'"):
         check_format("docx")
