@@ -28,7 +28,8 @@ import requests
 JOB_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 JOB_ID_MAX_LENGTH: Final = 128
 HASH_CHARS: Final = 10
-FORMATS: Final = ("txt", "srt", "vtt", "json")
+# What /download renders (service/formats.py); rttm needs a diarized job.
+FORMATS: Final = ("txt", "srt", "vtt", "tsv", "json", "verbose_json", "rttm")
 FINISHED: Final = frozenset({"completed", "failed", "cancelled"})
 # The API token, when the service requires one (`--api-token` there).
 TOKEN_ENV: Final = "TRANSCRIPTION_SERVICE_TOKEN"
@@ -223,7 +224,7 @@ class Submission:
 
 
 class TranscriptionClient:
-    """The service's HTTP API: upload, status, wait, download, health.
+    """The service's HTTP API: upload, status, wait, download, cancel, jobs, queue, models, health.
 
     Connection errors, timeouts and 5xx answers are retried with exponential backoff for calls
     that are safe to repeat: every GET, and an upload with a job id (the service answers a repeat
@@ -401,8 +402,27 @@ class TranscriptionClient:
             )
         raise self._unexpected(response, path, error)
 
+    def jobs(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """`GET /jobs`: newest first; `status` is one or more states, comma-separated."""
+        params = {
+            name: str(value)
+            for name, value in (("status", status), ("limit", limit), ("cursor", cursor))
+            if value is not None
+        }
+        return self._get_json("/jobs", params)
+
+    def queue(self) -> dict[str, Any]:
+        """`GET /queue`: running jobs, queued ones in run order, and wait estimates."""
+        return self._get_json("/queue")
+
+    def models(self) -> dict[str, Any]:
+        """`GET /models`: the model names the service knows, which load offline, which are loaded."""
+        return self._get_json("/models")
+
     def download(self, job_id: str, fmt: str = "txt") -> str:
-        """`GET /download/<id>?format=`: the transcript as txt, srt, vtt or json text."""
+        """`GET /download/<id>?format=`: the transcript as text in one of `FORMATS`."""
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         path = f"/download/{quote(job_id, safe='')}"
@@ -539,6 +559,18 @@ class TranscriptionClient:
             f"Transcription service not reachable at {self.base_url} ({_reason(exc)}, {attempts} attempts): "
             f"{START_HINT}, then check that `curl {self.base_url}/health` answers.{hint}"
         )
+
+    def _get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A GET whose only good answer is 200 with a JSON object; a 400 names the bad parameter."""
+        response = self._request("GET", path, params=params)
+        if response.status_code == 200:
+            return self._json(response, path)
+        error = _service_error(response)
+        if response.status_code == 400:
+            raise TranscriptionError(
+                f"The transcription service refused {path}: {error}", status_code=400, service_error=error
+            )
+        raise self._unexpected(response, path, error)
 
     def _unexpected(self, response: requests.Response, path: str, error: str) -> TranscriptionError:
         return TranscriptionError(
