@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service import auth, retention, routes, storage
+from service import auth, metrics, retention, routes, storage
 from service.appkeys import (
     ENGINE,
     EVENTS,
@@ -139,7 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         engine = engine if engine is not None else create_engine(settings, layout.models)
         manager = ModelManager.for_settings(engine, settings)
         runner = ThreadRunner(manager, settings.workers, progress, progress.segment)
-    middlewares: list[Middleware] = [errors_middleware]
+    middlewares: list[Middleware] = [metrics.rejections_middleware, errors_middleware]
     if settings.api_token is not None:
         middlewares.append(auth.token_middleware(settings.api_token))
     app = web.Application(middlewares=middlewares)
@@ -158,4 +158,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.cleanup_ctx.append(app[WEBHOOKS].ctx)  # after the journal opens, stops before it closes
     app.on_shutdown.append(_stop_taking_jobs)
     routes.setup_routes(app)
+    metrics.setup_metrics(app)
     return app

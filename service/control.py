@@ -69,7 +69,7 @@ async def cancel(request: web.Request) -> web.Response:
         await worker.job_ended(job_id)
     else:
         request.app[WATCH].notify(job_id)  # the worker says END once the decode has stopped
-    log.info("job %s: cancelled (was %s)", job_id, before.status.value)
+    log.info("job %s: cancelled (was %s)", job_id, before.status.value, extra={"job_id": job_id})
     message = (
         "Cancelled; the running decode stops within a few seconds."
         if stopping

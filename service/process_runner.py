@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from service import logs
 from service.engines.base import JobInterrupted, Result
 from service.runner import (
     ProgressSink,
@@ -71,23 +71,21 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
     # Ctrl-C in a terminal signals the whole process group; stopping is the parent's decision.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s[inference]: %(message)s",
-        stream=sys.stderr,
-    )
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    # The server writes this process's log lines, in its format, to its stderr or log file.
+    logs.forward_to_parent(settings, lambda record: send(("log", record)))
     from service.engines import create_engine
     from service.models import ModelManager
 
     engine = create_engine(settings, Path(models_dir))
     manager = ModelManager.for_settings(engine, settings)
-    send_lock = threading.Lock()
     stop_flags: dict[str, threading.Event] = {}
     pool = ThreadPoolExecutor(max_workers=settings.workers + 1, thread_name_prefix="inference")
-
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            conn.send(message)
 
     def answer(request_id: int, fn: Any, *args: Any) -> None:
         try:
@@ -96,16 +94,25 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
             send(("err", request_id, _portable(exc)))
 
     def transcribe(request_id: int, request: TranscribeRequest, flag: threading.Event) -> None:
+        started = time.monotonic()
         try:
-            answer(
-                request_id,
-                execute,
-                manager,
-                request,
-                flag.is_set,
-                lambda fraction: send(("progress", request.job_id, fraction)),
-                lambda segment: send(("segment", request.job_id, segment)),
-            )
+            with logs.job_context(request.job_id):  # model loads and engine lines name the job too
+                log.info("job %s: decoding with model %s", request.job_id, request.model)
+                answer(
+                    request_id,
+                    execute,
+                    manager,
+                    request,
+                    flag.is_set,
+                    lambda fraction: send(("progress", request.job_id, fraction)),
+                    lambda segment: send(("segment", request.job_id, segment)),
+                )
+                log.info(
+                    "job %s: decode ended after %.1f s%s",
+                    request.job_id,
+                    time.monotonic() - started,
+                    " (interrupted)" if flag.is_set() else "",
+                )
         finally:
             stop_flags.pop(request.job_id, None)
 
@@ -232,6 +239,9 @@ class ProcessRunner:
                 message = conn.recv()
             except (EOFError, OSError):
                 break
+            if message[0] == "log":  # logging is thread-safe; the loop need not see these
+                logs.handle_forwarded(message[1])
+                continue
             try:
                 loop.call_soon_threadsafe(self._dispatch, message)
             except RuntimeError:  # the loop is closed: the service is gone

@@ -329,6 +329,7 @@ async def transcribe(request: web.Request) -> web.Response:
         info.sample_rate,
         info.channels,
         f"{info.duration_s:.1f}" if info.duration_s is not None else "?",
+        extra={"job_id": job_id},
     )
     request.app[EVENTS].publish(job_id, ev.STATUS, {"status": job.status.value})
     request.app[WORKER].wake()
@@ -352,7 +353,12 @@ async def _from_cache(request: web.Request, new: NewJob) -> Job | None:
         return None
     note = f"Transcript reused from job {source.job_id} (same audio, model and options)."
     job = await journal.insert_completed(new, source, note)
-    log.info("job %s: answered from the transcript cache (job %s)", new.job_id, source.job_id)
+    log.info(
+        "job %s: answered from the transcript cache (job %s)",
+        new.job_id,
+        source.job_id,
+        extra={"job_id": new.job_id},
+    )
     return job
 
 

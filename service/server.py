@@ -13,6 +13,7 @@ from aiohttp import web
 from service.app import create_app
 from service.appkeys import WORKER
 from service.auth import warn_if_open
+from service.logs import configure_logging
 from service.settings import Settings, parse_settings
 from service.storage import StorageLocked
 
@@ -67,11 +68,11 @@ async def serve(settings: Settings) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse the server's flags, set up logging and serve; the exit status of the process."""
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        configure_logging(settings)
+    except OSError as exc:  # the log file's folder cannot be written
+        print(f"cannot open the log file: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(settings))
     except OSError as exc:  # e.g. the port is taken

@@ -12,6 +12,7 @@ ENGINES = ("openai-whisper", "faster-whisper")
 ISOLATION = ("process", "thread")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class Settings:
     # On SIGTERM, how long a running job may take to finish before it is put back in the queue.
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
+    # Log lines as readable text or one JSON object each; to stderr, or to a file rotated at
+    # log_max_mb (0: never) keeping log_backups old files.
+    log_format: str = "text"
+    log_file: Path | None = None
+    log_max_mb: float = 50.0
+    log_backups: int = 5
     # When set, every endpoint but /health needs `Authorization: Bearer <token>`.
     api_token: str | None = None
     # Queued jobs past which uploads are refused with 429 and Retry-After (0: no limit).
@@ -77,6 +84,14 @@ class Settings:
         object.__setattr__(self, "storage_dir", Path(self.storage_dir))
         if self.model_dir is not None:
             object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if self.log_file is not None:
+            object.__setattr__(self, "log_file", Path(self.log_file))
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"unknown log format {self.log_format!r}; choose text or json")
+        if self.log_max_mb < 0:
+            raise ValueError("log_max_mb cannot be negative (0 never rotates)")
+        if self.log_backups < 1:
+            raise ValueError("log_backups must be at least 1")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.device not in DEVICES:
@@ -291,6 +306,31 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         help="logging level [SERVICE_LOG_LEVEL] (default %(default)s)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env.get("SERVICE_LOG_FORMAT", base.log_format),
+        help="log lines as readable text or one JSON object each [SERVICE_LOG_FORMAT] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path(env["SERVICE_LOG_FILE"]) if env.get("SERVICE_LOG_FILE") else None,
+        help="write the log to this file, rotated by size, instead of stderr [SERVICE_LOG_FILE]",
+    )
+    parser.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=_env_float(env, "SERVICE_LOG_MAX_MB", base.log_max_mb),
+        help="rotate the log file when it reaches this many MiB; 0 never [SERVICE_LOG_MAX_MB] "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-backups",
+        type=int,
+        default=_env_int(env, "SERVICE_LOG_BACKUPS", base.log_backups),
+        help="rotated log files kept (service.log.1 ...) [SERVICE_LOG_BACKUPS] (default %(default)s)",
+    )
+    parser.add_argument(
         "--api-token",
         default=env.get("SERVICE_API_TOKEN") or None,
         help="require `Authorization: Bearer <token>` on every endpoint but /health [SERVICE_API_TOKEN]",
@@ -376,6 +416,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             job_timeout=args.job_timeout,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level.upper(),
+            log_format=args.log_format,
+            log_file=args.log_file,
+            log_max_mb=args.log_max_mb,
+            log_backups=args.log_backups,
             api_token=args.api_token,
             max_queue=args.max_queue,
             priority_aging_seconds=args.priority_aging_seconds,

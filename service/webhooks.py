@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from service import __version__
+from service import __version__, logs
 from service import events as ev
 from service.errors import BadRequest
 from service.events import JobEvent, JobEvents
@@ -218,6 +218,10 @@ class WebhookDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _job_ended(self, job_id: str) -> None:
+        with logs.job_context(job_id):
+            await self._record_ending(job_id)
+
+    async def _record_ending(self, job_id: str) -> None:
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND callback_url IS NOT NULL "
@@ -325,13 +329,14 @@ class WebhookDispatcher:
         return await self.journal.run(op)
 
     async def _attempt(self, delivery: _Delivery) -> None:
-        try:
-            await self._deliver(delivery)
-        except Exception:
-            log.exception("job %s: webhook %s: unexpected error", delivery.job_id, delivery.delivery_id)
-        finally:
-            self._in_flight.discard(delivery.delivery_id)
-            self._wake.set()
+        with logs.job_context(delivery.job_id):
+            try:
+                await self._deliver(delivery)
+            except Exception:
+                log.exception("job %s: webhook %s: unexpected error", delivery.job_id, delivery.delivery_id)
+            finally:
+                self._in_flight.discard(delivery.delivery_id)
+                self._wake.set()
 
     async def _deliver(self, delivery: _Delivery) -> None:
         attempt = delivery.attempts + 1

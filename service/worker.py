@@ -14,6 +14,7 @@ import time
 from enum import StrEnum
 
 from service import events as ev
+from service import logs
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError
 from service.events import JobEvents
@@ -217,7 +218,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
         for job_id in list(self.active_jobs):
-            log.info("job %s: still running at shutdown; interrupting it", job_id)
+            log.info("job %s: still running at shutdown; interrupting it", job_id, extra={"job_id": job_id})
             self.runner.interrupt(job_id)
         if self.active_jobs:
             # A decode stops only between 30 s windows; a process need not be waited for.
@@ -233,6 +234,10 @@ class Worker:
 
     # -- one job --------------------------------------------------------------------------
     async def _process(self, job: Job) -> None:
+        with logs.job_context(job.job_id):  # every line logged meanwhile in this task names the job
+            await self._run_job(job)
+
+    async def _run_job(self, job: Job) -> None:
         self.active_jobs.append(job.job_id)
         self._idle.clear()
         started = time.monotonic()
