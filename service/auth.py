@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Health checks and load balancers must not need the secret.
-OPEN_PATHS = frozenset({"/health"})
+# Health checks and load balancers must not need the secret; nor does the dashboard's page and
+# its static files (they hold no data: the page asks for the token and sends it to the API).
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def _presented(request: web.Request) -> str | None:
@@ -33,7 +35,7 @@ def token_middleware(token: str) -> Middleware:
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
             presented = _presented(request)
             # compare_digest takes the same time wherever the strings differ.
             if presented is None or not hmac.compare_digest(presented.encode(), expected):

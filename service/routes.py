@@ -19,7 +19,7 @@ import aiofiles
 from aiohttp import BodyPartReader, web
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from service import __version__, audio, cache, control, formats, storage, streams
+from service import __version__, audio, cache, control, dashboard, formats, storage, streams
 from service import events as ev
 from service.appkeys import (
     ENGINE,
@@ -574,3 +574,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/models/{name}", unload_model, name="unload_model")
     control.setup_control_routes(app)
     streams.setup_stream_routes(app)
+    dashboard.setup_dashboard_routes(app)

@@ -1,0 +1,54 @@
+"""The web dashboard: `GET /` and its assets under `/static/`, plain files from service/dashboard/.
+
+The page is static; everything it shows comes from the public API (/health, /models, /queue,
+/jobs, /events/{id}), fetched by its script with the API token when one is needed. The page
+and its assets carry no data, so they stay open without a token (see auth.OPEN_PATHS).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+ASSETS = Path(__file__).resolve().parent / "dashboard"
+INDEX = "index.html"
+STATIC_PREFIX = "/static/"
+_CONTENT_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+_ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(?:css|js|svg)$")
+# Everything comes from this origin: no CDN, no inline script, no framing by other sites.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Small files that change with the service: revalidate (ETag/Last-Modified) on each load.
+    "Cache-Control": "no-cache",
+}
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(
+        ASSETS / INDEX, headers={**_SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}
+    )
+
+
+async def asset(request: web.Request) -> web.FileResponse:
+    """Only the dashboard's own files, by plain name: no subfolders, no dot segments."""
+    name = request.match_info["name"]
+    path = ASSETS / name
+    if not _ASSET_NAME.match(name) or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={**_SECURITY_HEADERS, "Content-Type": _CONTENT_TYPES[path.suffix]})
+
+
+def setup_dashboard_routes(app: web.Application) -> None:
+    app.router.add_get("/", index, name="dashboard")
+    app.router.add_get(STATIC_PREFIX + "{name}", asset, name="dashboard_asset")
