@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service import auth, metrics, retention, routes, storage
+from service import auth, metrics, openai_api, retention, routes, storage
 from service.appkeys import (
     ENGINE,
     EVENTS,
@@ -50,6 +50,19 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _error(
+    request: web.Request,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    exc: BaseException | None = None,
+) -> web.Response:
+    """The service's own error shape, or OpenAI's on the OpenAI-compatible routes."""
+    if openai_api.is_openai_path(request.path):
+        return openai_api.error_response(status, message, headers, exc)
+    return error_response(status, message, headers)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON {"error": ...} with a fitting status code."""
@@ -59,7 +72,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         headers = dict(exc.headers)
         if exc.status == 503:
             headers.setdefault("Retry-After", "5")
-        return error_response(exc.status, exc.message, headers or None)
+        return _error(request, exc.status, exc.message, headers or None, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -73,12 +86,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             message = "The request body is too large."
         else:
             message = exc.reason
-        return error_response(exc.status, message, headers=headers)
+        return _error(request, exc.status, message, headers, exc)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "Internal error in the service; its log has the details.")
+        return _error(request, 500, "Internal error in the service; its log has the details.")
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -76,6 +76,8 @@ class JobOptions:
     min_speakers: int | None = None
     max_speakers: int | None = None
     split_channels: bool = False  # stereo calls: one speaker per channel
+    initial_prompt: str | None = None  # decoder context: vocabulary, names, style
+    temperature: float | None = None  # first sampling temperature; None (or 0) is greedy/beam first
 
     def to_json(self) -> str | None:
         values = {k: v for k, v in asdict(self).items() if v not in (None, False)}

@@ -10,7 +10,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ _TEXT_FIELDS = (
     "max_speakers",
     "channels",
     "priority",
+    "prompt",
+    "temperature",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 # Longest long-poll on /status?wait=: below common proxy and client read timeouts.
@@ -71,7 +73,9 @@ MAX_WAIT_SECONDS = 60.0
 
 
 @dataclass
-class _Form:
+class Form:
+    """A received multipart upload: its short fields, and the file as stored in tmp/."""
+
     fields: dict[str, str]
     upload: ReceivedUpload | None
     filename: str | None
@@ -92,8 +96,20 @@ async def _read_field(part: BodyPartReader) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
-async def _read_form(request: web.Request) -> _Form:
-    """Stream the multipart body: the file goes to tmp/, short fields into memory."""
+FieldCheck = Callable[[dict[str, str]], object]
+
+
+async def read_form(
+    request: web.Request,
+    names: Collection[str],
+    check: FieldCheck,
+    repeated: Collection[str] = (),
+) -> Form:
+    """Stream the multipart body: the file goes to tmp/, the short fields in `names` into memory.
+
+    `check` sees the fields sent before the file, so a bad one is refused before a large body is
+    stored. A field in `repeated` may come several times; its values are joined with commas.
+    """
     settings = request.app[SETTINGS]
     if not request.content_type.startswith("multipart/"):
         raise BadRequest(
@@ -102,7 +118,7 @@ async def _read_form(request: web.Request) -> _Form:
     limit = settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
         raise storage.too_large(limit)
-    form = _Form(fields={}, upload=None, filename=None)
+    form = Form(fields={}, upload=None, filename=None)
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -112,12 +128,14 @@ async def _read_form(request: web.Request) -> _Form:
                 if form.upload is not None:
                     raise BadRequest("Send exactly one 'file' field.")
                 # Fields sent before the file are checked now, before a large body is stored.
-                _validate_fields(request, form.fields)
-                parse_priority(form.fields.get("priority"))
+                check(form.fields)
                 form.filename = part.filename
                 form.upload = await storage.receive_upload(_file_chunks(part), request.app[LAYOUT].tmp, limit)
-            elif part.name in _TEXT_FIELDS:
-                form.fields[part.name] = await _read_field(part)
+            elif part.name is not None and part.name in names:
+                name, value = part.name, await _read_field(part)
+                if name in repeated and form.fields.get(name):
+                    value = f"{form.fields[name]},{value}"
+                form.fields[name] = value
             else:
                 await part.release()  # unknown fields are ignored, as form posts usually are
     except BaseException:
@@ -125,6 +143,12 @@ async def _read_form(request: web.Request) -> _Form:
             form.upload.discard()
         raise
     return form
+
+
+def check_fields(request: web.Request, fields: dict[str, str]) -> None:
+    """What an upload's fields must pass before its body is stored."""
+    _validate_fields(request, fields)
+    parse_priority(fields.get("priority"))
 
 
 def _flag(fields: dict[str, str], name: str) -> bool:
@@ -146,12 +170,28 @@ def _count(fields: dict[str, str], name: str) -> int | None:
         raise BadRequest(f"{name} must be a whole number, not {value!r}.") from None
 
 
+def _temperature(fields: dict[str, str]) -> float | None:
+    """0 and absent mean the same (start greedy, rise on fallback), so both are stored as None."""
+    raw = fields.get("temperature", "")
+    if raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"temperature must be a number from 0 to 1, not {raw!r}.") from None
+    if not 0.0 <= value <= 1.0:
+        raise BadRequest(f"temperature must be from 0 to 1, not {raw!r}.")
+    return value or None
+
+
 def _job_options(fields: dict[str, str]) -> JobOptions:
     channels = fields.get("channels", "mix").lower() or "mix"
     if channels not in ("mix", "split"):
         raise BadRequest("channels must be 'mix' (default) or 'split' (one speaker per channel).")
     options = JobOptions(
         word_timestamps=_flag(fields, "word_timestamps"),
+        initial_prompt=fields.get("prompt") or None,
+        temperature=_temperature(fields),
         diarize=_flag(fields, "diarize"),
         num_speakers=_count(fields, "num_speakers"),
         min_speakers=_count(fields, "min_speakers"),
@@ -259,14 +299,31 @@ async def transcribe(request: web.Request) -> web.Response:
     202 when new (or when a failed job is submitted again: it is queued afresh), 200 when the
     same job already exists, 409 when the job_id is taken by different audio or options.
     """
+    check_accepting(request)
+    await control.check_queue_room(request.app)  # before the body is read: nothing is stored
+    form = await read_form(request, _TEXT_FIELDS, lambda fields: check_fields(request, fields))
+    job, created = await submit(request, form.fields, form.upload, form.filename)
+    return _accepted(request, job, 202 if created else 200)
+
+
+def check_accepting(request: web.Request) -> None:
+    """Uploads are refused while stopping, before their body is read."""
     if request.app[WORKER].stopping:
         raise ServiceUnavailable("The service is shutting down; send the upload again in a moment.")
-    await control.check_queue_room(request.app)  # before the body is read: nothing is stored
-    form = await _read_form(request)
-    upload = form.upload
+
+
+async def submit(
+    request: web.Request, fields: dict[str, str], upload: ReceivedUpload | None, filename: str | None
+) -> tuple[Job, bool]:
+    """Validate a received upload and record its job: the one path every upload route takes.
+
+    Returns the job and whether this call created it (new, queued again, or answered from the
+    cache) rather than finding the same job already there. The upload is always consumed:
+    renamed into pending/ or discarded.
+    """
     try:
-        job_id, model, language, task, callback_url, options = _validate_fields(request, form.fields)
-        priority = parse_priority(form.fields.get("priority"))
+        job_id, model, language, task, callback_url, options = _validate_fields(request, fields)
+        priority = parse_priority(fields.get("priority"))
         if upload is None:
             raise BadRequest("The form has no 'file' field; attach the audio as file=@audio.wav.")
         if upload.size == 0:
@@ -286,16 +343,16 @@ async def transcribe(request: web.Request) -> web.Response:
             if existing is not None:
                 _check_same_job(existing, upload.sha256, model, language, task, options)
                 if existing.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                    return _accepted(request, existing, 200)
+                    return existing, False
                 retry = True  # the same upload again after a failure or cancel: run it again
-            audio_file = _audio_name(job_id, form.filename)
+            audio_file = _audio_name(job_id, filename)
             target = layout.audio_path(audio_file)
             new = NewJob(
                 job_id=job_id,
                 audio_file=audio_file,
                 audio_sha256=upload.sha256,
                 audio_bytes=upload.size,
-                original_filename=form.filename,
+                original_filename=filename,
                 model=model,
                 language=language,
                 task=task,
@@ -309,7 +366,7 @@ async def transcribe(request: web.Request) -> web.Response:
             if cached is not None:
                 request.app[WATCH].notify(job_id)
                 request.app[EVENTS].publish(job_id, ev.END, {"status": cached.status.value})
-                return _accepted(request, cached, 202)
+                return cached, True
             await loop.run_in_executor(None, storage.commit_upload, upload, target)
             try:
                 job = await (journal.replace_failed(new) if retry else journal.insert(new))
@@ -333,7 +390,7 @@ async def transcribe(request: web.Request) -> web.Response:
     )
     request.app[EVENTS].publish(job_id, ev.STATUS, {"status": job.status.value})
     request.app[WORKER].wake()
-    return _accepted(request, job, 202)
+    return job, True
 
 
 async def _from_cache(request: web.Request, new: NewJob) -> Job | None:
@@ -370,7 +427,7 @@ async def _get_job(request: web.Request) -> Job:
     return job
 
 
-async def _load_result(request: web.Request, job: Job) -> dict[str, Any]:
+async def load_result(request: web.Request, job: Job) -> dict[str, Any]:
     path = request.app[LAYOUT].transcript_path(job.job_id)
     try:
         async with aiofiles.open(path, encoding="utf-8") as fp:
@@ -409,7 +466,7 @@ def _wait_seconds(request: web.Request) -> float:
     return min(seconds, MAX_WAIT_SECONDS)
 
 
-async def _wait_until_finished(request: web.Request, job: Job, seconds: float) -> Job:
+async def wait_until_finished(request: web.Request, job: Job, seconds: float) -> Job:
     """Hold the request until the job is completed or failed, the wait runs out, or shutdown."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -419,12 +476,19 @@ async def _wait_until_finished(request: web.Request, job: Job, seconds: float) -
         if remaining <= 0:
             break
         with watch.watching(job.job_id) as changed:
-            job = await _get_job(request)  # read after subscribing, so no wake-up is missed
+            job = await _reload(request, job.job_id)  # read after subscribing, so no wake-up is missed
             if job.status.finished:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed, remaining)
-        job = await _get_job(request)
+        job = await _reload(request, job.job_id)
+    return job
+
+
+async def _reload(request: web.Request, job_id: str) -> Job:
+    job = await request.app[JOURNAL].get(job_id)
+    if job is None:  # removed meanwhile (retention)
+        raise JobNotFound(f"No job with id {job_id!r}.")
     return job
 
 
@@ -450,7 +514,7 @@ async def status_body(request: web.Request, job: Job) -> dict[str, Any]:
     if position is not None:
         body["queue_position"] = position
     if job.status is JobStatus.COMPLETED:
-        body["transcript"] = (await _load_result(request, job))["text"]
+        body["transcript"] = (await load_result(request, job))["text"]
     if job.status is JobStatus.FAILED:
         body["error"] = job.error
     if job.note:
@@ -463,7 +527,7 @@ async def status(request: web.Request) -> web.Response:
     wait = _wait_seconds(request)
     job = await _get_job(request)
     if wait > 0:
-        job = await _wait_until_finished(request, job, wait)
+        job = await wait_until_finished(request, job, wait)
     return web.json_response(await status_body(request, job))
 
 
@@ -476,7 +540,7 @@ async def download(request: web.Request) -> web.Response:
             f"Job {job.job_id!r} has no transcript: {detail}. "
             f"Poll /status/{job.job_id} until it is completed."
         )
-    result = await _load_result(request, job)
+    result = await load_result(request, job)
     # Rendering hours of segments takes tens of milliseconds: not on the event loop.
     body, content_type = await asyncio.get_running_loop().run_in_executor(
         None, formats.render, result, fmt, job.job_id, job.task.value
@@ -575,3 +639,6 @@ def setup_routes(app: web.Application) -> None:
     control.setup_control_routes(app)
     streams.setup_stream_routes(app)
     dashboard.setup_dashboard_routes(app)
+    from service import openai_api  # it builds on this module's upload path
+
+    openai_api.setup_openai_routes(app)

@@ -308,7 +308,13 @@ class Worker:
         path = self.layout.audio_path(job.audio_file)
         if not path.is_file():
             raise ServiceError("The job's audio file is missing from the storage directory.")
-        options = DecodeOptions(language=job.language, task=job.task.value, beam_size=self.settings.beam_size)
+        options = DecodeOptions(
+            language=job.language,
+            task=job.task.value,
+            beam_size=self.settings.beam_size,
+            initial_prompt=job.options.initial_prompt,
+            temperature=job.options.temperature,
+        )
         request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options)
         try:
             return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))

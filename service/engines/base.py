@@ -14,6 +14,10 @@ StopCheck = Callable[[], bool]
 SegmentCallback = Callable[["Segment"], None]
 
 
+# How much the temperature rises each time a window fails whisper's quality checks.
+TEMPERATURE_STEP = 0.2
+
+
 class JobInterrupted(Exception):
     """Raised from the progress callback to stop a decode between windows (shutdown, cancel)."""
 
@@ -25,6 +29,17 @@ class DecodeOptions:
     beam_size: int = 5
     # Per-word times, so speaker changes can fall between words (diarization asks for them).
     word_timestamps: bool = False
+    # Text the decoder sees as preceding the audio: names and spellings it should prefer.
+    initial_prompt: str | None = None
+    # Where sampling starts; on a failed window it rises by 0.2 up to 1. None: whisper's default (0).
+    temperature: float | None = None
+
+    def temperatures(self) -> tuple[float, ...] | None:
+        """The fallback ladder both engines take, as whisper's CLI builds it; None for the default."""
+        if self.temperature is None:
+            return None
+        steps = int((1.0 - self.temperature) / TEMPERATURE_STEP + 1e-9)
+        return tuple(round(self.temperature + i * TEMPERATURE_STEP, 4) for i in range(steps + 1))
 
 
 @dataclass

@@ -145,6 +145,11 @@ class FasterWhisperEngine:
         if not model.model.is_multilingual:
             language = "en"
         duration = len(audio) / SAMPLE_RATE
+        extra: dict[str, Any] = {}
+        if options.initial_prompt:
+            extra["initial_prompt"] = options.initial_prompt
+        if (temperatures := options.temperatures()) is not None:
+            extra["temperature"] = list(temperatures)
         # The options whisper's own transcribe uses, so both engines decode alike.
         pieces, info = model.transcribe(
             audio,
@@ -156,6 +161,7 @@ class FasterWhisperEngine:
             vad_filter=False,
             without_timestamps=False,
             word_timestamps=options.word_timestamps,
+            **extra,
         )
         segments: list[Segment] = []
         for index, piece in enumerate(pieces):

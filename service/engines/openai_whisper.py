@@ -216,12 +216,16 @@ class OpenAIWhisperEngine:
         on_segment: SegmentCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Result:
-        beam: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if options.beam_size > 1:
-            beam = {"beam_size": options.beam_size, "best_of": options.beam_size}
+            extra = {"beam_size": options.beam_size, "best_of": options.beam_size}
         language = options.language
         if not model.is_multilingual:
             language = "en"
+        if options.initial_prompt:
+            extra["initial_prompt"] = options.initial_prompt
+        if (temperatures := options.temperatures()) is not None:
+            extra["temperature"] = temperatures
         sent = 0
 
         def forward(raw: dict[str, Any]) -> None:
@@ -244,7 +248,7 @@ class OpenAIWhisperEngine:
                     fp16=self.device == "cuda",
                     verbose=None,
                     word_timestamps=options.word_timestamps,
-                    **beam,
+                    **extra,
                 )
         finally:
             _progress.callback = None

@@ -1,0 +1,306 @@
+"""OpenAI-compatible speech-to-text: `/v1/audio/transcriptions`, `/v1/audio/translations`, `/v1/models`.
+
+Tools that already speak OpenAI's API work unchanged against this service. The answer is
+synchronous, as OpenAI's is, but the work is an ordinary durable job: the upload takes the same
+path as `POST /transcribe` (journal, queue order, backpressure, cache, webhooks, restarts), and
+the request then waits for that job to end and renders its transcript in the asked format.
+Errors on these routes use OpenAI's shape, so the official clients raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from service import control, formats, routes
+from service.appkeys import ENGINE, SETTINGS, STARTED_AT, WORKER
+from service.errors import BadRequest, JobConflict, ModelUnavailable, ServiceError, ServiceUnavailable
+from service.jobs import Job, JobStatus, Task
+from service.worker import KILL_AFTER_SECONDS, job_timeout
+
+PREFIX = "/v1/"
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+GRANULARITIES = ("segment", "word")
+# The name OpenAI's clients send by default; here it means the service's default model.
+ALIAS = "whisper-1"
+OWNER = "whisper-transcription-service"
+_FIELDS = (
+    "model",
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+    "timestamp_granularities[]",
+    "timestamp_granularities",
+    # Extensions beyond OpenAI's parameters (send them with the SDK's extra_body).
+    "priority",
+    "callback_url",
+)
+_REPEATED = ("timestamp_granularities[]", "timestamp_granularities")
+# Beyond the job's own time limit (twice: a model fallback runs a second attempt), how long a
+# request keeps waiting for the worker to record the ending before it gives up on it.
+_WAIT_SLACK_S = 30.0
+
+# OpenAI's `code` for errors that carry no more specific one.
+_CODES = {
+    401: "invalid_api_key",
+    404: "not_found",
+    409: "conflict",
+    413: "file_too_large",
+    415: "invalid_file_format",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class ParamError(BadRequest):
+    """A bad request parameter, named in the error's `param` as OpenAI does."""
+
+    def __init__(self, message: str, param: str, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class JobFailed(ServiceError):
+    """The job ran and failed; sending the same request again would just repeat it."""
+
+    status = 500
+
+
+class JobCancelled(JobConflict):
+    """Someone cancelled the job (DELETE /jobs/{id}) while this request waited for it."""
+
+
+class WaitTimedOut(ServiceError):
+    status = 504
+
+
+class UnknownModel(ServiceError):
+    status = 404
+    param = "model"
+    code = "model_not_found"
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, exc: BaseException | None = None
+) -> web.Response:
+    """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error" if status < 500 else "server_error",
+            "param": getattr(exc, "param", None),
+            "code": getattr(exc, "code", None) or _CODES.get(status),
+        }
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+def resolve_model(request: web.Request, name: str) -> str:
+    """The model a requested name means here; "" for the service's default.
+
+    Names the engine knows (`tiny.en`, `base`) are used as given; anything else (`whisper-1`,
+    `gpt-4o-transcribe`, paths) means the default, so clients need no configuration.
+    """
+    name = name.strip()
+    if not name or name == request.app[SETTINGS].model or "/" in name or "\\" in name:
+        return ""
+    try:
+        request.app[ENGINE].check_model_name(name)
+    except ModelUnavailable:
+        return ""
+    return name
+
+
+def _response_format(raw: dict[str, str]) -> str:
+    fmt = raw.get("response_format", "").strip().lower() or "json"
+    if fmt not in RESPONSE_FORMATS:
+        raise ParamError(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {fmt!r}.",
+            "response_format",
+        )
+    return fmt
+
+
+def _granularities(raw: dict[str, str]) -> set[str]:
+    values = ",".join(raw.get(name, "") for name in _REPEATED)
+    chosen = {value.strip().lower() for value in values.split(",") if value.strip()}
+    unknown = sorted(chosen - set(GRANULARITIES))
+    if unknown:
+        raise ParamError(
+            f"timestamp_granularities[] takes 'segment' and 'word', not {unknown[0]!r}.",
+            "timestamp_granularities[]",
+        )
+    return chosen
+
+
+def _check_temperature(raw: dict[str, str]) -> None:
+    value = raw.get("temperature", "").strip()
+    if value == "":
+        return
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise ParamError(f"temperature must be a number from 0 to 1, not {value!r}.", "temperature")
+
+
+def to_service_fields(request: web.Request, raw: dict[str, str], task: Task, job_id: str) -> dict[str, str]:
+    """OpenAI's parameters as the form fields `POST /transcribe` takes; raises on bad ones."""
+    fmt = _response_format(raw)
+    words = "word" in _granularities(raw) and fmt == "verbose_json"
+    _check_temperature(raw)
+    model = resolve_model(request, raw.get("model", ""))
+    effective = model or request.app[SETTINGS].model
+    engine = request.app[ENGINE]
+    if engine.is_english_only(effective):
+        if task is Task.TRANSLATE:
+            raise ParamError(
+                f"Translation needs a multilingual model, and {raw.get('model') or effective!r} runs on "
+                f"{effective}, which only knows English. Send model=base (or another multilingual "
+                "model from GET /v1/models).",
+                "model",
+            )
+        language = raw.get("language", "").strip().lower()
+        if language not in ("", "en", "english"):
+            raise ParamError(
+                f"The model {effective} only understands English, not {raw['language']!r}; "
+                "send model=base (or another multilingual model) for other languages.",
+                "language",
+            )
+    return {
+        "job_id": job_id,
+        "model": model,
+        "language": raw.get("language", ""),
+        "task": task.value,
+        "prompt": raw.get("prompt", ""),
+        "temperature": raw.get("temperature", ""),
+        "word_timestamps": "true" if words else "false",
+        "priority": raw.get("priority", ""),
+        "callback_url": raw.get("callback_url", ""),
+    }
+
+
+async def _wait_for_end(request: web.Request, job: Job) -> Job:
+    """Wait, in long-poll steps, until the job ends.
+
+    A queued job may wait as long as the queue takes; a running one at most its time limit
+    (the worker fails it then), so a lost ending cannot hold the request forever.
+    """
+    settings, worker = request.app[SETTINGS], request.app[WORKER]
+    while not job.status.finished and not worker.stopping:
+        step = routes.MAX_WAIT_SECONDS
+        if job.status is JobStatus.PROCESSING and job.started_at is not None:
+            limit = 2 * job_timeout(settings, job.duration_s) + KILL_AFTER_SECONDS + _WAIT_SLACK_S
+            left = job.started_at + limit - time.time()
+            if left <= 0:
+                raise WaitTimedOut(
+                    f"Job {job.job_id} is still running past its time limit; "
+                    f"its result will be at /status/{job.job_id}."
+                )
+            step = min(step, left)
+        job = await routes.wait_until_finished(request, job, step)
+    return job
+
+
+def render(result: dict[str, Any], fmt: str, job: Job) -> tuple[str, str]:
+    """The body and content type OpenAI sends for each response_format."""
+    if fmt == "json":
+        return json.dumps({"text": result.get("text", "")}, ensure_ascii=False), "application/json"
+    if fmt == "text":
+        # One string, as OpenAI sends it; /download's txt has a line per segment instead.
+        return str(result.get("text", "")).strip() + "\n", "text/plain; charset=utf-8"
+    return formats.render(result, fmt, job.job_id, job.task.value)
+
+
+async def _speech_to_text(request: web.Request, task: Task) -> web.Response:
+    routes.check_accepting(request)
+    await control.check_queue_room(request.app)  # before the body is read: nothing is stored
+    job_id = f"oai-{uuid.uuid4().hex}"
+
+    def check(raw: dict[str, str]) -> None:
+        routes.check_fields(request, to_service_fields(request, raw, task, job_id))
+
+    form = await routes.read_form(request, _FIELDS, check, repeated=_REPEATED)
+    try:
+        fmt = _response_format(form.fields)
+        fields = to_service_fields(request, form.fields, task, job_id)
+    except BaseException:
+        if form.upload is not None:
+            form.upload.discard()
+        raise
+    job, _ = await routes.submit(request, fields, form.upload, form.filename)
+    job = await _wait_for_end(request, job)
+    if job.status is JobStatus.FAILED:
+        raise JobFailed(f"Transcription failed: {job.error}", headers={"x-should-retry": "false"})
+    if job.status is JobStatus.CANCELLED:
+        raise JobCancelled(f"Job {job.job_id} was cancelled.", headers={"x-should-retry": "false"})
+    if job.status is not JobStatus.COMPLETED:  # the service began stopping meanwhile
+        raise ServiceUnavailable(
+            f"The service is restarting; job {job.job_id} is kept and runs once it is back "
+            f"(GET /status/{job.job_id}), or send the request again."
+        )
+    result = await routes.load_result(request, job)
+    body, content_type = await asyncio.get_running_loop().run_in_executor(None, render, result, fmt, job)
+    return web.Response(
+        text=body, headers={"Content-Type": content_type, "X-Job-Id": job.job_id, "X-Model": job.model}
+    )
+
+
+async def transcriptions(request: web.Request) -> web.Response:
+    """POST /v1/audio/transcriptions: OpenAI's parameters, answered when the job ends."""
+    return await _speech_to_text(request, Task.TRANSCRIBE)
+
+
+async def translations(request: web.Request) -> web.Response:
+    """POST /v1/audio/translations: speech in any language to English text (multilingual models)."""
+    return await _speech_to_text(request, Task.TRANSLATE)
+
+
+def _model_entry(request: web.Request, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(request.app[STARTED_AT]), "owned_by": OWNER}
+
+
+async def _usable_models(request: web.Request) -> list[str]:
+    """whisper-1, then what is loaded or loads with no network (names only, never paths)."""
+    loaded = [str(m["name"]) for m in await request.app[WORKER].runner.models()]
+    listed = await asyncio.get_running_loop().run_in_executor(None, request.app[ENGINE].list_models)
+    names = [ALIAS]
+    for name in [str(e["name"]) for e in listed if e.get("offline") or e["name"] in loaded] + loaded:
+        if name not in names and "/" not in name and "\\" not in name:
+            names.append(name)
+    return names
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models in OpenAI's list shape."""
+    names = await _usable_models(request)
+    return web.json_response({"object": "list", "data": [_model_entry(request, n) for n in names]})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one entry, or OpenAI's 404."""
+    name = request.match_info["model"]
+    if name not in await _usable_models(request):
+        raise UnknownModel(f"The model {name!r} does not exist here; see GET /v1/models.")
+    return web.json_response(_model_entry(request, name))
+
+
+def setup_openai_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/audio/transcriptions", transcriptions, name="openai_transcriptions")
+    app.router.add_post("/v1/audio/translations", translations, name="openai_translations")
+    app.router.add_get("/v1/models", list_models, name="openai_models")
+    app.router.add_get("/v1/models/{model}", retrieve_model, name="openai_model")
