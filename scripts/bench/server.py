@@ -37,7 +37,7 @@ FALLBACK_POLL_S = 0.02
 
 @dataclass(frozen=True)
 class ServiceHelp:
-    """Flags and engines parsed from `python -m service --help`, so the bench adapts to the build."""
+    """Flags and engines parsed from `python -m service serve --help`, so the bench adapts to the build."""
 
     text: str
     flags: frozenset[str]
@@ -65,7 +65,7 @@ class ServiceHelp:
 @functools.cache
 def service_help() -> ServiceHelp:
     out = subprocess.run(
-        [sys.executable, "-m", "service", "--help"],
+        [sys.executable, "-m", "service", "serve", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
