@@ -85,7 +85,7 @@ async def test_cancel_queued_and_running_jobs(
     assert not (settings.storage_dir / "transcripts" / "running.json").exists()
     assert (await (await client.get("/status/running")).json())["status"] == "cancelled"
 
-    for job_id, code in (("after", 409), ("waiting", 409), ("nope", 404), ("..", 404)):
+    for job_id, code in (("after", 409), ("waiting", 409), ("nope", 404), ("bad id!", 404)):
         resp = await client.delete(f"/jobs/{job_id}")
         assert resp.status == code, job_id
         assert "error" in await resp.json()

@@ -85,7 +85,7 @@ async def poll_until_finished(session: ClientSession, job_id: str, out: Path) ->
         started = time.monotonic()
         args = {"job_id": job_id, "output_dir": str(out), "wait_seconds": 5}
         seen.append(await call(session, "check_transcription_status", **args))
-        if seen[-1]["status"] in ("completed", "failed"):
+        if seen[-1]["status"] in ("completed", "failed", "cancelled"):
             return seen
         assert seen[-1]["success"] and 0 <= seen[-1]["progress"] <= 1, seen[-1]
         assert seen[-1]["status"] in ("queued", "processing") and job_id in seen[-1]["status_file"]
@@ -234,3 +234,30 @@ async def test_failed_job_is_reported_and_marked(
         assert resent["success"] and resent["status"] == "queued" and resent["job_id"] == job_id  # a retry
         again = (await poll_until_finished(session, job_id, out))[-1]
         assert again["status"] == "failed" and "could not be downloaded" in again["error"]
+
+
+@pytest.mark.slow
+async def test_cancelled_job_is_reported_and_can_be_sent_again(
+    service: ServerProcess, tmp_path: Path, mcp_log: TextIO
+) -> None:
+    import requests
+
+    audio = tmp_path / "call.wav"
+    shutil.copy(eval_clip("1272-128104-0004-8k.wav"), audio)
+    out = tmp_path / "out"
+    async with mcp_tools(service.url, mcp_log) as session:
+        queued = await call(session, "transcribe_wav", filename=str(audio), output_dir=str(out))
+        job_id = queued["job_id"]
+        cancel = await asyncio.to_thread(requests.delete, f"{service.url}/jobs/{job_id}", timeout=10)
+        assert cancel.status_code == 200
+        cancelled = await call(session, "check_transcription_status", job_id=job_id, output_dir=str(out))
+        assert cancelled["status"] == "cancelled" and not cancelled["success"]
+        assert "transcribe_wav" in cancelled["error"]
+        assert text_of(out / f"{job_id}.transcribing.txt").startswith("CANCELLED - ")
+
+        again = await call(session, "transcribe_wav", filename=str(audio), output_dir=str(out))
+        assert again["success"] and again["status"] == "queued" and again["job_id"] == job_id
+        done = (await poll_until_finished(session, job_id, out))[-1]
+        assert done["status"] == "completed"
+        transcript = text_of(out / f"{job_id}.txt")
+        assert word_error_rate(reference_text("1272-128104-0004-8k.wav"), transcript) < 0.35
