@@ -1,4 +1,4 @@
-"""API-token authentication: with a token configured, every endpoint but /health needs it."""
+"""API-token authentication: with a token configured, all but /health and /openapi.json need it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Health checks and load balancers must not need the secret.
-OPEN_PATHS = frozenset({"/health"})
+# Health checks and load balancers must not need the secret; nor does reading the API's description.
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 
 
 def _presented(request: web.Request) -> str | None:

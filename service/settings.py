@@ -52,7 +52,7 @@ class Settings:
     # On SIGTERM, how long a running job may take to finish before it is put back in the queue.
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
-    # When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    # When set, every endpoint but /health and /openapi.json needs `Authorization: Bearer <token>`.
     api_token: str | None = None
     # Queued jobs past which uploads are refused with 429 and Retry-After (0: no limit).
     max_queue: int = 1000
@@ -293,7 +293,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument(
         "--api-token",
         default=env.get("SERVICE_API_TOKEN") or None,
-        help="require `Authorization: Bearer <token>` on every endpoint but /health [SERVICE_API_TOKEN]",
+        help="require `Authorization: Bearer <token>` on every endpoint but /health and /openapi.json "
+        "[SERVICE_API_TOKEN]",
     )
     parser.add_argument(
         "--max-queue",
