@@ -1,4 +1,4 @@
-"""API-token authentication: with a token configured, every endpoint but /health needs it."""
+"""API-token authentication: with a token configured, all but /health and /openapi.json need it."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Health checks and load balancers must not need the secret; nor does the dashboard's page and
-# its static files (they hold no data: the page asks for the token and sends it to the API).
-OPEN_PATHS = frozenset({"/health", "/"})
+# Health checks and load balancers must not need the secret; nor does reading the API's
+# description, nor the dashboard's page and its static files (they hold no data: the page asks
+# for the token and sends it to the API).
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
 OPEN_PREFIXES = ("/static/",)
 
 

@@ -10,16 +10,17 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from service import __version__, audio, cache, control, dashboard, formats, storage, streams
+from service import __version__, audio, cache, control, dashboard, formats, openapi, storage, streams
 from service import events as ev
 from service.appkeys import (
     ENGINE,
@@ -81,15 +82,37 @@ class Form:
     filename: str | None
 
 
+@contextlib.contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """aiohttp says a body is malformed (no or a bad boundary, a bad part header, a truncated
+    part, a body that does not match its Content-Encoding) with ValueError, HttpProcessingError
+    or RequestPayloadError; those are the client's mistakes (400), not the service's (500)."""
+    try:
+        yield
+    except (ValueError, HttpProcessingError, web.RequestPayloadError) as exc:
+        # aiohttp's messages start "400, message:" on a line of their own; the last line says it.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[-1] if lines else type(exc).__name__
+        raise BadRequest(
+            f"The multipart body is malformed ({detail}); "
+            "send multipart/form-data with the audio in a field named 'file'."
+        ) from None
+
+
+async def _read_chunk(part: BodyPartReader, size: int) -> bytes:
+    with _multipart_errors():
+        return await part.read_chunk(size)
+
+
 async def _file_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(storage.UPLOAD_CHUNK_BYTES):
+    while chunk := await _read_chunk(part, storage.UPLOAD_CHUNK_BYTES):
         yield chunk
 
 
 async def _read_field(part: BodyPartReader) -> str:
     """A short text field, read with a bound so an oversized one is never held in memory."""
     raw = b""
-    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
+    while chunk := await _read_chunk(part, MAX_FIELD_BYTES):
         raw += chunk
         if len(raw) > MAX_FIELD_BYTES:
             raise BadRequest(f"Field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes.")
@@ -120,8 +143,13 @@ async def read_form(
         raise storage.too_large(limit)
     form = Form(fields={}, upload=None, filename=None)
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        with _multipart_errors():
+            reader = await request.multipart()
+        while True:
+            with _multipart_errors():
+                part = await reader.next()
+            if part is None:
+                break
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("Nested multipart bodies are not supported.")
             if part.name == "file":
@@ -137,7 +165,8 @@ async def read_form(
                     value = f"{form.fields[name]},{value}"
                 form.fields[name] = value
             else:
-                await part.release()  # unknown fields are ignored, as form posts usually are
+                with _multipart_errors():
+                    await part.release()  # unknown fields are ignored, as form posts usually are
     except BaseException:
         if form.upload is not None:
             form.upload.discard()
@@ -642,3 +671,4 @@ def setup_routes(app: web.Application) -> None:
     from service import openai_api  # it builds on this module's upload path
 
     openai_api.setup_openai_routes(app)
+    openapi.setup_openapi_routes(app)

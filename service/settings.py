@@ -59,7 +59,7 @@ class Settings:
     log_file: Path | None = None
     log_max_mb: float = 50.0
     log_backups: int = 5
-    # When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    # When set, every endpoint but /health and /openapi.json needs `Authorization: Bearer <token>`.
     api_token: str | None = None
     # Queued jobs past which uploads are refused with 429 and Retry-After (0: no limit).
     max_queue: int = 1000
@@ -333,7 +333,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument(
         "--api-token",
         default=env.get("SERVICE_API_TOKEN") or None,
-        help="require `Authorization: Bearer <token>` on every endpoint but /health [SERVICE_API_TOKEN]",
+        help="require `Authorization: Bearer <token>` on every endpoint but /health and /openapi.json "
+        "[SERVICE_API_TOKEN]",
     )
     parser.add_argument(
         "--max-queue",
