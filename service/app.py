@@ -162,8 +162,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[JOURNAL] = journal
     app[WATCH] = JobWatch()
     app[EVENTS] = events
-    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH], events)
     app[SUBMIT_LOCK] = asyncio.Lock()
+    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH], events, app[SUBMIT_LOCK])
     app[STARTED_AT] = time.time()
     app[WEBHOOKS] = WebhookDispatcher(settings, journal, layout, events)
     app.cleanup_ctx.append(_service_ctx)

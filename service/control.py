@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.appkeys import JOURNAL, LAYOUT, SETTINGS, WATCH, WORKER
+from service.appkeys import JOURNAL, LAYOUT, SETTINGS, SUBMIT_LOCK, WATCH, WORKER
 from service.errors import BadRequest, JobFinished, JobNotFound, QueueFull
 from service.jobs import JOB_ID_PATTERN, Job, JobStatus, iso_time, priority_name
 
@@ -54,18 +54,20 @@ async def cancel(request: web.Request) -> web.Response:
     """DELETE /jobs/{id}: a queued job ends at once; a running one stops at its next window."""
     job_id = request.match_info["job_id"]
     journal, layout = request.app[JOURNAL], request.app[LAYOUT]
-    before = await journal.cancel(job_id) if JOB_ID_PATTERN.match(job_id) else None
-    if before is None:
-        raise JobNotFound(f"No job with id {job_id!r}.")
-    if before.status.finished:
-        raise JobFinished(f"Job {job_id!r} is already {before.status.value}; there is nothing to cancel.")
     worker = request.app[WORKER]
-    stopping = before.status is JobStatus.PROCESSING and worker.cancel_running(job_id)
+    async with request.app[SUBMIT_LOCK]:  # a resubmission of the same id waits for the clean-up
+        before = await journal.cancel(job_id) if JOB_ID_PATTERN.match(job_id) else None
+        if before is None:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        if before.status.finished:
+            raise JobFinished(f"Job {job_id!r} is already {before.status.value}; there is nothing to cancel.")
+        stopping = before.status is JobStatus.PROCESSING and worker.cancel_running(job_id)
+        if not stopping:
+            # Queued (or no decode of it runs here): nothing else will touch its audio.
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: layout.audio_path(before.audio_file).unlink(missing_ok=True)
+            )
     if not stopping:
-        # Queued (or no decode of it runs here): nothing else will touch its audio.
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: layout.audio_path(before.audio_file).unlink(missing_ok=True)
-        )
         await worker.job_ended(job_id)
     else:
         request.app[WATCH].notify(job_id)  # the worker says END once the decode has stopped

@@ -90,6 +90,7 @@ class Worker:
         runner: Runner,
         watch: JobWatch | None = None,
         events: JobEvents | None = None,
+        submit_lock: asyncio.Lock | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -97,6 +98,8 @@ class Worker:
         self.runner = runner
         self.watch = watch if watch is not None else JobWatch()
         self.events = events if events is not None else JobEvents()
+        # Held by uploads while they check and store a job: file clean-ups take it too.
+        self.submit_lock = submit_lock if submit_lock is not None else asyncio.Lock()
         self.active_jobs: list[str] = []
         self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
         self.fatal_error: str | None = None
@@ -250,11 +253,11 @@ class Worker:
             await loop.run_in_executor(None, write_json_atomic, transcript, result.as_dict())
             if not await self.journal.complete(job.job_id, result.language, result.duration_s):
                 # Cancelled while its last window decoded: the result is not wanted.
-                await loop.run_in_executor(None, self._remove_files, job, True)
+                await self._remove_files(job, transcript=True)
                 log.info("job %s: cancelled", job.job_id)
                 return
             if self.settings.delete_audio_on_complete:
-                await loop.run_in_executor(None, self._remove_files, job, False)
+                await self._remove_files(job, transcript=False)
             elapsed = time.monotonic() - started
             log.info(
                 "job %s: completed %.1f s of audio in %.1f s (%.2fx real time)",
@@ -265,7 +268,7 @@ class Worker:
             )
         except JobInterrupted:
             if job.job_id in self._cancelled:
-                await loop.run_in_executor(None, self._remove_files, job, True)
+                await self._remove_files(job, transcript=True)
                 log.info("job %s: cancelled while processing; stopped", job.job_id)
                 return
             await self.journal.release(job.job_id)
@@ -298,11 +301,22 @@ class Worker:
                 self._idle.set()
             await self.job_ended(job.job_id)
 
-    def _remove_files(self, job: Job, transcript: bool) -> None:
-        """A cancelled job's audio and partial result, or a completed job's audio (by setting)."""
-        self.layout.audio_path(job.audio_file).unlink(missing_ok=True)
-        if transcript:
-            self.layout.transcript_path(job.job_id).unlink(missing_ok=True)
+    async def _remove_files(self, job: Job, transcript: bool) -> None:
+        """A cancelled job's audio and partial result, or a completed job's audio (by setting).
+
+        Under the upload lock, and only while the journal row is still this run's: the same
+        audio sent again after a cancel reuses the file names, and those files are the new job's.
+        """
+
+        def remove() -> None:
+            self.layout.audio_path(job.audio_file).unlink(missing_ok=True)
+            if transcript:
+                self.layout.transcript_path(job.job_id).unlink(missing_ok=True)
+
+        async with self.submit_lock:
+            current = await self.journal.get(job.job_id)
+            if current is not None and current.seq == job.seq:
+                await asyncio.get_running_loop().run_in_executor(None, remove)
 
     async def _transcribe(self, job: Job) -> Result:
         path = self.layout.audio_path(job.audio_file)

@@ -48,7 +48,7 @@ SDK_TRANSLATIONS = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarn
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module: its transcript cache makes every format after the first free."""
-    proc = ServerProcess(tmp_path_factory.mktemp("openai") / "storage", extra_args=["--beam-size", "1"])
+    proc = ServerProcess(tmp_path_factory.mktemp("openai") / "storage", extra_args=[])  # beam 5, as users get
     proc.start(timeout=300)
     yield proc
     proc.kill()
@@ -137,8 +137,8 @@ def test_translation_to_english_on_base(client: openai.OpenAI) -> None:
     words = set(english.lower().replace(",", " ").replace(".", " ").split())
     # "Under the consulate he became curator of waters and forests and general counsel."
     expected = {"the", "he", "and", "of", "water", "waters", "forest", "forests", "general", "consulate"}
-    assert len(words & expected) >= 3, english
-    assert not words & {"le", "et", "des", "il", "eaux"}, english
+    assert english.lower().startswith("under the consul") and len(words & expected) >= 3, english
+    assert not words & {"sous", "le", "et", "des", "il", "eaux", "devient"}, english
 
 
 @pytest.mark.slow

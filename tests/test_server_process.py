@@ -378,7 +378,8 @@ def test_sigterm_mid_job_exits_0_and_refunds_the_attempt(
     server_factory: Callable[..., ServerProcess], long_wav: Path, tmp_path: Path
 ) -> None:
     storage = tmp_path / "storage"
-    first = server_factory(storage, LONG_JOB_ARGS).start()
+    # No grace period: on a fast machine the whole job could finish inside the default one.
+    first = server_factory(storage, [*LONG_JOB_ARGS, "--shutdown-grace", "0"]).start()
     assert submit(first, long_wav, job_id="term-long").status_code == 202
     mid = wait_for_progress(first, "term-long")
     assert mid["attempts"] == 1, mid
