@@ -1,11 +1,9 @@
 """The OpenAPI 3.1 description of the HTTP API, served at `GET /openapi.json`.
 
-The document is built here as plain dicts. `CORE_PATHS` describes the routes this service
-registers; `CONTRACT_PATHS` (the marked section below) describes endpoints being added on
-other branches, written from their agreed contract. The served document always has the core
-paths, and has a contract operation only once the running app registers its route, so what a
-client reads is true of the server that answers. tests/test_openapi.py checks both ways that
-the document and `app.router` agree, and runs schemathesis against a live server.
+The document is built here as plain dicts: `PATHS` describes every route this service
+registers (the job API, the OpenAI-compatible /v1 routes, /metrics and the dashboard).
+tests/test_openapi.py checks both ways that the document and `app.router` agree, and runs
+schemathesis against a live server.
 """
 
 from __future__ import annotations
@@ -17,7 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from service import __version__, formats
+from service.auth import OPEN_PATHS, OPEN_PREFIXES
 from service.jobs import MAX_PRIORITY, MIN_PRIORITY, PRIORITIES
+from service.openai_api import GRANULARITIES, RESPONSE_FORMATS
 
 Schema = dict[str, Any]
 
@@ -72,7 +72,7 @@ def _job_id_param(description: str = "The job's id.") -> Schema:
 
 
 def _with_auth_errors(responses: dict[str, Any]) -> dict[str, Any]:
-    """Every route but /health and /openapi.json can answer 401 (with a token configured) and 500."""
+    """Every route but the open ones (auth.OPEN_PATHS) can answer 401 (with a token set) and 500."""
     return {**responses, "401": _response_ref("Unauthorized"), "500": _response_ref("InternalError")}
 
 
@@ -152,6 +152,8 @@ SCHEMAS: dict[str, Schema] = {
             "min_speakers": {"type": "integer"},
             "max_speakers": {"type": "integer"},
             "split_channels": {"type": "boolean"},
+            "initial_prompt": {"type": "string", "description": "The upload's `prompt`."},
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         },
     },
     "JobStatus": {
@@ -435,6 +437,50 @@ SCHEMAS: dict[str, Schema] = {
             "id": {"type": "integer", "minimum": 1},
         },
     },
+    # The OpenAI-compatible routes (docs/openai.md).
+    "OpenAIError": {
+        "type": "object",
+        "description": "Every error on /v1 (the token check, unknown /v1 paths and methods included).",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "enum": ["invalid_request_error", "server_error"]},
+                    "param": _nullable({"type": "string", "description": "The request field at fault."}),
+                    "code": _nullable(
+                        {"type": "string", "description": "e.g. invalid_value, invalid_api_key."}
+                    ),
+                },
+            }
+        },
+    },
+    "OpenAIModel": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "model"},
+            "created": {"type": "integer", "description": "When the service started (Unix time)."},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "OpenAIModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "const": "list"},
+            "data": {"type": "array", "items": _ref("OpenAIModel")},
+        },
+    },
+    "OpenAITranscription": {
+        "type": "object",
+        "description": "response_format=json: just the text.",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}},
+    },
 }
 
 RESPONSES: dict[str, Schema] = {
@@ -444,6 +490,15 @@ RESPONSES: dict[str, Schema] = {
     ),
     "InternalError": _error("An unexpected failure; the service log has the details."),
     "JobNotFound": _error("No job with that id."),
+    "OpenAIUnauthorized": _json(
+        _ref("OpenAIError"),
+        "The service has an API token and the request did not send it as the API key "
+        "(`Authorization: Bearer <token>`); `code: invalid_api_key`.",
+        {"WWW-Authenticate": _header('`Bearer realm="transcription"`')},
+    ),
+    "OpenAIInternalError": _json(
+        _ref("OpenAIError"), "An unexpected failure; the service log has the details."
+    ),
 }
 
 _UPLOAD_FORM: Schema = {
@@ -493,6 +548,17 @@ _UPLOAD_FORM: Schema = {
             ],
             "default": "normal",
         },
+        "prompt": {
+            "type": "string",
+            "description": "Decoder context (Whisper's initial_prompt): spellings of names, terms, style.",
+        },
+        "temperature": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+            "description": "The temperature decoding starts at (hotter on fallback); 0: greedy first.",
+        },
     },
 }
 
@@ -516,7 +582,7 @@ def _download_content() -> dict[str, Any]:
     return content
 
 
-CORE_PATHS: dict[str, dict[str, Any]] = {
+PATHS: dict[str, dict[str, Any]] = {
     "/transcribe": {
         "post": {
             "operationId": "transcribe",
@@ -802,7 +868,7 @@ CORE_PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
-CORE_PATHS[OPENAPI_PATH] = {
+PATHS[OPENAPI_PATH] = {
     "get": {
         "operationId": "openapi",
         "summary": "This document",
@@ -817,176 +883,264 @@ CORE_PATHS[OPENAPI_PATH] = {
     }
 }
 
-
-# ============================================================================================
-# CONTRACT ENDPOINTS: being added on other branches (OpenAI-compatible API, metrics, the
-# dashboard). Written from their agreed contract, not from their code; the lead engineer
-# adjusts this section when they merge. An operation here is served only once the running app
-# registers its route (method and path), and tests/test_openapi.py fails if a registered route
-# has no entry, so a mismatch shows up at merge time. Assumptions: they sit behind the same
-# bearer token as everything else, and OpenAI-style errors use OpenAIError.
-# ============================================================================================
-
-CONTRACT_SCHEMAS: dict[str, Schema] = {
-    "OpenAIError": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "param", "code"],
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": _nullable({"type": "string"}),
-                    "code": _nullable({"type": "string"}),
-                },
+PATHS["/metrics"] = {
+    "get": {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics",
+        "description": (
+            "Counters and histograms of finished jobs, processing time, real-time factor, audio "
+            "transcribed and refused uploads; gauges of jobs by status, queue depth, running jobs, "
+            "loaded models, restarts, readiness and uptime (docs/metrics.md). Needs the token "
+            "when one is set: give the scraper a bearer token."
+        ),
+        "responses": _with_auth_errors(
+            {
+                "200": {
+                    "description": "Prometheus text exposition format (`text/plain; version=...`).",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
             }
-        },
-    },
-    "OpenAIModelList": {
-        "type": "object",
-        "required": ["object", "data"],
-        "properties": {
-            "object": {"type": "string", "const": "list"},
-            "data": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "object", "created", "owned_by"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "object": {"type": "string", "const": "model"},
-                        "created": {"type": "integer"},
-                        "owned_by": {"type": "string"},
-                    },
-                },
-            },
-        },
-    },
-    "OpenAITranscription": {
-        "type": "object",
-        "description": "response_format=json: just the text; verbose_json: VerboseTranscript.",
-        "required": ["text"],
-        "properties": {"text": {"type": "string"}},
-    },
+        ),
+    }
 }
 
 
-def _openai_error(description: str) -> Schema:
-    return _json(_ref("OpenAIError"), description)
+# -- the dashboard: open without a token (auth.OPEN_PATHS, auth.OPEN_PREFIXES) ----------------
+
+_ASSET_HEADERS = {
+    "Content-Security-Policy": _header("Same-origin only; no inline script; no framing."),
+    "X-Content-Type-Options": _header("`nosniff`"),
+    "Cache-Control": _header("`no-cache`: revalidated (ETag, Last-Modified) on each load."),
+}
+_NOT_MODIFIED = {"description": "If-None-Match or If-Modified-Since matched: the cached copy is current."}
+
+PATHS["/"] = {
+    "get": {
+        "operationId": "dashboard",
+        "summary": "The web dashboard",
+        "description": (
+            "A static page; what it shows comes from this API, fetched by its script (with the "
+            "token it asks for, when one is needed). Open without a token: it holds no data."
+        ),
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "headers": _ASSET_HEADERS,
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            "304": _NOT_MODIFIED,
+            "500": _response_ref("InternalError"),
+        },
+    }
+}
+
+PATHS["/static/{name}"] = {
+    "get": {
+        "operationId": "dashboardAsset",
+        "summary": "The dashboard's script, style sheet and icon",
+        "description": "Only the dashboard's own files, by plain name (no folders). Open without a token.",
+        "security": [],
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "A file name such as `dashboard.js`, `dashboard.css`, `icon.svg`.",
+                "schema": {"type": "string"},
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "The file.",
+                "headers": _ASSET_HEADERS,
+                "content": {
+                    "text/css": {"schema": {"type": "string"}},
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "image/svg+xml": {"schema": {"type": "string"}},
+                },
+            },
+            "304": _NOT_MODIFIED,
+            "404": _error("No asset by that name."),
+            "500": _response_ref("InternalError"),
+        },
+    }
+}
 
 
-def _openai_audio(operation_id: str, summary: str) -> dict[str, Any]:
+# -- the OpenAI-compatible API (docs/openai.md): OpenAI's error shape on every /v1 answer ----------
+
+
+def _openai_error(description: str, headers: dict[str, Any] | None = None) -> Schema:
+    return _json(_ref("OpenAIError"), description, headers)
+
+
+def _with_openai_auth_errors(responses: dict[str, Any]) -> dict[str, Any]:
+    """As _with_auth_errors, in OpenAI's shape (the token check answers it on /v1 too)."""
+    return {
+        **responses,
+        "401": _response_ref("OpenAIUnauthorized"),
+        "500": responses.get("500", _response_ref("OpenAIInternalError")),
+    }
+
+
+_NO_RETRY = "`false`: sending the same request again would only repeat the outcome."
+
+
+def _openai_audio(operation_id: str, summary: str, task: str) -> dict[str, Any]:
     form: Schema = {
         "type": "object",
-        "required": ["file", "model"],
+        "required": ["file"],
         "properties": {
-            "file": {"type": "string", "format": "binary"},
-            "model": {"type": "string", "description": "e.g. whisper-1 or a Whisper model name."},
-            "language": {"type": "string", "description": "ISO-639-1 code of the spoken language."},
-            "prompt": {"type": "string"},
-            "response_format": {
+            "file": {
                 "type": "string",
-                "enum": ["json", "text", "srt", "verbose_json", "vtt"],
-                "default": "json",
+                "format": "binary",
+                "description": "The audio, up to --max-upload-mb: anything FFmpeg decodes.",
             },
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            "model": {
+                "type": "string",
+                "description": (
+                    "A model name the engine knows (`tiny.en`, `base`) runs as given; anything else "
+                    "(`whisper-1`, `gpt-4o-transcribe`) or nothing means the service's default."
+                ),
+            },
+            "language": {
+                "type": "string",
+                "description": (
+                    "The spoken language (`en`, `fr`); detected when absent. An English-only model "
+                    "takes only `en`."
+                ),
+            },
+            "prompt": {"type": "string", "description": "Decoder context: names, terms, style."},
+            "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+            "temperature": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "default": 0,
+                "description": "The sampling temperature decoding starts at; 0: greedy/beam first.",
+            },
             "timestamp_granularities[]": {
                 "type": "array",
-                "items": {"type": "string", "enum": ["word", "segment"]},
+                "items": {"type": "string", "enum": list(GRANULARITIES)},
+                "description": "`word` with verbose_json adds the top-level `words` (and decodes with them).",
+            },
+            "timestamp_granularities": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(GRANULARITIES)},
+                "description": "The same, under the name some clients send.",
+            },
+            "priority": {
+                **_UPLOAD_FORM["properties"]["priority"],
+                "description": "Extension (extra_body): as /transcribe's priority.",
+            },
+            "callback_url": {
+                **_UPLOAD_FORM["properties"]["callback_url"],
+                "description": "Extension (extra_body): a signed POST when the job ends (docs/webhooks.md).",
             },
         },
+    }
+    job_headers = {
+        "X-Job-Id": _header(
+            "The job behind the answer (`oai-` and 32 hex digits): /status/{id}, /download/{id}.",
+            {"type": "string", "pattern": "^oai-[0-9a-f]{32}$"},
+        ),
+        "X-Model": _header("The model that ran."),
     }
     return {
         "post": {
             "operationId": operation_id,
             "summary": summary,
-            "description": "OpenAI-compatible; answers when the transcript is ready.",
+            "description": (
+                "OpenAI-compatible, answered when the transcript is ready. The upload is an ordinary "
+                "job (journal, queue order, --max-queue, cache, webhooks, restarts); the request "
+                "holds until it ends. Other OpenAI fields are accepted and ignored."
+            ),
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
-            "responses": {
-                "200": {
-                    "description": "json and verbose_json as JSON; text, srt and vtt as text/plain.",
-                    "content": {
-                        "application/json": {
-                            "schema": {"anyOf": [_ref("OpenAITranscription"), _ref("VerboseTranscript")]}
+            "responses": _with_openai_auth_errors(
+                {
+                    "200": {
+                        "description": (
+                            "json: `{text}`; verbose_json: VerboseTranscript; text: one string and a "
+                            "newline; srt and vtt: subtitles."
+                        ),
+                        "headers": job_headers,
+                        "content": {
+                            "application/json": {
+                                "schema": {"anyOf": [_ref("OpenAITranscription"), _ref("VerboseTranscript")]}
+                            },
+                            "text/plain": {"schema": {"type": "string"}, "x-formats": ["text"]},
+                            "application/x-subrip": {"schema": {"type": "string"}, "x-formats": ["srt"]},
+                            "text/vtt": {"schema": {"type": "string"}, "x-formats": ["vtt"]},
                         },
-                        "text/plain": {"schema": {"type": "string"}},
                     },
-                },
-                "400": _openai_error("A bad field or undecodable audio."),
-                "401": _response_ref("Unauthorized"),
-                "413": _openai_error("Larger than --max-upload-mb."),
-                "415": _openai_error("The bytes are not decodable audio."),
-                "429": _openai_error("The queue is full."),
-                "500": _openai_error("An unexpected failure."),
-                "503": _openai_error("The service is shutting down."),
-            },
+                    "400": _openai_error(
+                        "A bad field (`param` names it), not multipart, no, empty or sample-less audio"
+                        + (", or an English-only model." if task == "translate" else ".")
+                    ),
+                    "409": _openai_error(
+                        "The job was cancelled (DELETE /jobs/{id}) while the request waited.",
+                        {"x-should-retry": _header(_NO_RETRY)},
+                    ),
+                    "413": _openai_error("Larger than --max-upload-mb."),
+                    "415": _openai_error("The bytes are not decodable audio."),
+                    "429": _openai_error(
+                        "The queue is at --max-queue; the body was not read.",
+                        {"Retry-After": _header("Seconds, estimated from recent jobs.")},
+                    ),
+                    "500": _openai_error(
+                        "The job failed (its error is the message, with `x-should-retry: false`), or an "
+                        "unexpected failure.",
+                        {"x-should-retry": _header(_NO_RETRY + " Sent when the job failed.", required=False)},
+                    ),
+                    "503": _openai_error(
+                        "The service is stopping; a job already accepted is kept and runs after the restart.",
+                        _RETRY_AFTER,
+                    ),
+                    "504": _openai_error(
+                        "The job is still running past its time limit; its result will be at /status/{id}."
+                    ),
+                }
+            ),
         }
     }
 
 
-CONTRACT_PATHS: dict[str, dict[str, Any]] = {
-    "/v1/audio/transcriptions": _openai_audio("openaiTranscriptions", "OpenAI-compatible transcription"),
-    "/v1/audio/translations": _openai_audio("openaiTranslations", "OpenAI-compatible translation to English"),
-    "/v1/models": {
-        "get": {
-            "operationId": "openaiModels",
-            "summary": "OpenAI-compatible model list",
-            "responses": {
-                "200": _json(_ref("OpenAIModelList"), "The models."),
-                "401": _response_ref("Unauthorized"),
-                "500": _openai_error("An unexpected failure."),
-            },
-        }
-    },
-    "/metrics": {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics",
-            "responses": _with_auth_errors(
-                {
-                    "200": {
-                        "description": "Prometheus text exposition format.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                }
-            ),
-        }
-    },
-    "/": {
-        "get": {
-            "operationId": "dashboard",
-            "summary": "The web dashboard",
-            "responses": _with_auth_errors(
-                {
-                    "200": {
-                        "description": "An HTML page.",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    }
-                }
-            ),
-        }
-    },
-    "/static/{path}": {
-        "get": {
-            "operationId": "staticAsset",
-            "summary": "The dashboard's assets (scripts, styles, images)",
-            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": _with_auth_errors(
-                {
-                    "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
-                    "403": _error("A path outside the assets folder."),
-                    "404": _error("No such asset."),
-                }
-            ),
-        }
-    },
+PATHS["/v1/audio/transcriptions"] = _openai_audio(
+    "openaiTranscriptions", "OpenAI-compatible transcription", "transcribe"
+)
+PATHS["/v1/audio/translations"] = _openai_audio(
+    "openaiTranslations", "OpenAI-compatible translation to English", "translate"
+)
+PATHS["/v1/models"] = {
+    "get": {
+        "operationId": "openaiModels",
+        "summary": "OpenAI-compatible model list",
+        "description": "whisper-1 (the default model), then every model loaded or loadable with no network.",
+        "responses": _with_openai_auth_errors({"200": _json(_ref("OpenAIModelList"), "The models.")}),
+    }
 }
-
-# ============================================================================================
-# END OF CONTRACT ENDPOINTS
-# ============================================================================================
+PATHS["/v1/models/{model}"] = {
+    "get": {
+        "operationId": "openaiModel",
+        "summary": "One entry of the OpenAI-compatible model list",
+        "parameters": [
+            {
+                "name": "model",
+                "in": "path",
+                "required": True,
+                "description": "An id from GET /v1/models.",
+                "schema": {"type": "string"},
+            }
+        ],
+        "responses": _with_openai_auth_errors(
+            {
+                "200": _json(_ref("OpenAIModel"), "The model."),
+                "404": _openai_error("Not a model listed by GET /v1/models (`code: model_not_found`)."),
+            }
+        ),
+    }
+}
 
 
 def operations(paths: dict[str, dict[str, Any]]) -> set[tuple[str, str]]:
@@ -994,21 +1148,9 @@ def operations(paths: dict[str, dict[str, Any]]) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in paths.items() for method in item if method in METHODS}
 
 
-def _filtered(
-    paths: dict[str, dict[str, Any]], registered: set[tuple[str, str]]
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for path, item in paths.items():
-        kept = {m: op for m, op in item.items() if m not in METHODS or (m.upper(), path) in registered}
-        if any(m in METHODS for m in kept):
-            out[path] = kept
-    return out
-
-
-def build_document(registered: set[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """The whole document. With `registered` ((METHOD, path) pairs), contract operations the app
-    does not register are left out; without it, every one is included."""
-    contract = CONTRACT_PATHS if registered is None else _filtered(CONTRACT_PATHS, registered)
+def build_document() -> dict[str, Any]:
+    """The whole document, a fresh copy."""
+    open_routes = ", ".join(sorted(OPEN_PATHS) + [f"{prefix}*" for prefix in OPEN_PREFIXES])
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -1016,14 +1158,15 @@ def build_document(registered: set[tuple[str, str]] | None = None) -> dict[str, 
             "version": __version__,
             "description": (
                 "Upload audio, follow the job, download the transcript; the model stays loaded. "
-                'Every error is JSON `{"error": "..."}` (the OpenAI-compatible /v1 routes use '
-                "OpenAI's error shape). With --api-token set, every route but /health and "
-                "/openapi.json needs `Authorization: Bearer <token>`."
+                'Every error is JSON `{"error": "..."}`, except under /v1/ (the OpenAI-compatible '
+                "routes), where every error, 401, 404 and 405 included, has OpenAI's shape "
+                '`{"error": {"message", "type", "param", "code"}}`. With --api-token set, every '
+                f"route but {open_routes} needs `Authorization: Bearer <token>`."
             ),
         },
-        "paths": {**CORE_PATHS, **contract},
+        "paths": PATHS,
         "components": {
-            "schemas": {**SCHEMAS, **CONTRACT_SCHEMAS},
+            "schemas": SCHEMAS,
             "responses": RESPONSES,
             "securitySchemes": {
                 "bearerAuth": {
@@ -1053,14 +1196,14 @@ def route_operations(app: web.Application) -> set[tuple[str, str]]:
     return found
 
 
-# The served document, built on first use (once every route is registered) and kept as text.
+# The served document, built on first use and kept as text.
 _SERVED = web.AppKey("openapi_served", dict)
 
 
 async def openapi_document(request: web.Request) -> web.Response:
     served: dict[str, str] = request.app[_SERVED]
     if "text" not in served:
-        served["text"] = json.dumps(build_document(route_operations(request.app)), indent=1)
+        served["text"] = json.dumps(build_document(), indent=1)
     return web.Response(text=served["text"], content_type="application/json")
 
 

@@ -20,7 +20,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from service import __version__, audio, cache, control, dashboard, formats, openapi, storage, streams
+from service import __version__, audio, cache, control, dashboard, formats, storage, streams
 from service import events as ev
 from service.appkeys import (
     ENGINE,
@@ -668,7 +668,8 @@ def setup_routes(app: web.Application) -> None:
     control.setup_control_routes(app)
     streams.setup_stream_routes(app)
     dashboard.setup_dashboard_routes(app)
-    from service import openai_api  # it builds on this module's upload path
+    # Both build on this module (openai_api on its upload path, openapi on openai_api's names).
+    from service import openai_api, openapi
 
     openai_api.setup_openai_routes(app)
     openapi.setup_openapi_routes(app)

@@ -9,7 +9,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import schemathesis
@@ -27,9 +28,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from test_api import ClientFactory, leftover_files
 
-from service import openapi
+from service import auth, dashboard, openai_api, openapi
 from service.app import create_app
 from service.formats import FORMATS
+from service.jobs import Job, Task
 from service.settings import Settings
 
 # Streams run until the job ends, and the WebSocket route only makes sense as an upgrade:
@@ -69,25 +71,9 @@ def _resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_registered_route_is_documented_and_vice_versa(tmp_path: Path) -> None:
     registered = _registered(tmp_path)
-    core = openapi.operations(openapi.CORE_PATHS)
-    contract = openapi.operations(openapi.CONTRACT_PATHS)
-    assert core.isdisjoint(contract)
-    # Every route the app registers has an entry ...
-    assert registered - core - contract == set(), "routes with no entry in the OpenAPI document"
-    # ... every core entry is a registered route, and so is every contract entry once served.
-    assert core - registered == set(), "documented routes the app does not register"
-    served = openapi.build_document(registered)
-    assert openapi.operations(served["paths"]) == registered
-    # The full document carries every contract entry, to be served once its branch is merged.
-    assert openapi.operations(openapi.build_document()["paths"]) == core | contract
-
-
-def test_contract_entries_are_served_once_registered(tmp_path: Path) -> None:
-    registered = _registered(tmp_path) | {("GET", "/metrics"), ("POST", "/v1/audio/transcriptions")}
-    paths = openapi.build_document(registered)["paths"]
-    assert set(paths["/metrics"]) == {"get"}
-    assert "/v1/audio/transcriptions" in paths
-    assert "/v1/models" not in paths and "/" not in paths
+    documented = openapi.operations(openapi.build_document()["paths"])
+    assert registered - documented == set(), "routes with no entry in the OpenAPI document"
+    assert documented - registered == set(), "documented routes the app does not register"
 
 
 def test_static_folder_counts_as_one_get(tmp_path: Path) -> None:
@@ -115,9 +101,11 @@ def test_document_is_well_formed() -> None:
                 assert response["description"], (method, path, code)
                 if int(code) >= 400 and (path, code) != ("/health", "503"):  # 503: Health, as 200
                     schema = response["content"]["application/json"]["schema"]
-                    expected = "OpenAIError" if path.startswith("/v1/") and code != "401" else "Error"
+                    expected = "OpenAIError" if openai_api.is_openai_path(path) else "Error"
                     assert schema == {"$ref": f"#/components/schemas/{expected}"}, (method, path, code)
-            open_route = path in ("/health", "/openapi.json")
+            # Open without a token exactly where the token check lets requests through.
+            concrete = path.replace("{name}", "dashboard.js")
+            open_route = concrete in auth.OPEN_PATHS or concrete.startswith(auth.OPEN_PREFIXES)
             assert ("security" in operation and operation["security"] == []) is open_route, path
             assert ("401" in operation["responses"]) is not open_route, path
     assert len(operation_ids) == len(set(operation_ids))
@@ -128,16 +116,35 @@ def test_document_is_well_formed() -> None:
 def test_upload_documents_every_form_field() -> None:
     from service.routes import _TEXT_FIELDS
 
-    form = openapi.CORE_PATHS["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form = openapi.PATHS["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert set(form["schema"]["properties"]) == {"file", *_TEXT_FIELDS}
-    responses = openapi.CORE_PATHS["/transcribe"]["post"]["responses"]
+    responses = openapi.PATHS["/transcribe"]["post"]["responses"]
     assert {"200", "202", "400", "401", "409", "413", "415", "429", "503"} <= set(responses)
     assert "Retry-After" in responses["429"]["headers"]
     assert "Location" in responses["202"]["headers"]
 
 
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+def test_openai_upload_documents_every_form_field(path: str) -> None:
+    post = openapi.PATHS[path]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"file", *openai_api._FIELDS}
+    assert form["properties"]["response_format"]["enum"] == list(openai_api.RESPONSE_FORMATS)
+    responses = post["responses"]
+    assert {"200", "400", "401", "409", "413", "415", "429", "500", "503", "504"} <= set(responses)
+    assert {"X-Job-Id", "X-Model"} <= set(responses["200"]["headers"])
+    assert "x-should-retry" in responses["500"]["headers"] and "x-should-retry" in responses["409"]["headers"]
+    # Every content type a response_format renders as is documented.
+    content = responses["200"]["content"]
+    result = {"text": "hi", "segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": "hi"}]}
+    job = cast(Job, SimpleNamespace(job_id="oai-x", task=Task.TRANSCRIBE))  # render reads only these
+    for fmt in openai_api.RESPONSE_FORMATS:
+        _, content_type = openai_api.render(result, fmt, job)
+        assert content_type.split(";")[0] in content, fmt
+
+
 def test_download_documents_every_format() -> None:
-    get = openapi.CORE_PATHS["/download/{job_id}"]["get"]
+    get = openapi.PATHS["/download/{job_id}"]["get"]
     fmt = next(p for p in get["parameters"] if p["name"] == "format")
     assert fmt["schema"]["enum"] == list(FORMATS)
     content = get["responses"]["200"]["content"]
@@ -154,6 +161,16 @@ async def test_openapi_json_is_open_with_a_token(tmp_path: Path, aiohttp_client:
     document = await resp.json()
     assert openapi.operations(document["paths"]) == openapi.route_operations(client.app)
     assert (await client.get("/jobs")).status == 401
+    assert (await client.get("/metrics")).status == 401
+    # /v1 answers the token check in OpenAI's shape.
+    resp = await client.get("/v1/models")
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "invalid_api_key"
+    # The dashboard's page and assets are open.
+    assert (await client.get("/")).content_type == "text/html"
+    assert (await client.get("/static/dashboard.css")).content_type == "text/css"
+    resp = await client.get("/static/nope.js")
+    assert resp.status == 404 and "error" in await resp.json()
     # The same document on every request.
     assert await (await client.get("/openapi.json")).json() == document
 
@@ -216,21 +233,24 @@ CHECKS = [
 ]
 
 CONFIG = {"generation": {"deterministic": True, "database": "none"}}
-# Every operation in the full document, contract entries included: those the running app does
-# not register (yet) are skipped.
-LIVE_OPERATIONS = sorted(
-    openapi.operations({**openapi.CORE_PATHS, **openapi.CONTRACT_PATHS}) - NOT_GENERATED,
-    key=lambda op: (op[1], op[0]),
-)
+LIVE_OPERATIONS = sorted(openapi.operations(openapi.PATHS) - NOT_GENERATED, key=lambda op: (op[1], op[0]))
+MAX_EXAMPLES = 30
+# Generated /v1/audio bodies are nearly all refused before a decode, but each accepted one
+# would hold the request for a real transcription: fewer of them.
+MAX_EXAMPLES_FOR = {("POST", "/v1/audio/transcriptions"): 12, ("POST", "/v1/audio/translations"): 12}
 
 
 KNOWN_JOB = "openapi-known"  # a completed job the fixture makes, so generated requests meet one
+# Names that exist, for the other routes that look something up by its name in the path.
+KNOWN_PATH_PARAMETERS = {
+    "/static/{name}": {"name": "dashboard.js"},
+    "/v1/models/{model}": {"model": "whisper-1"},
+}
 
 
 @dataclass
 class Live:
     schema: Any  # schemathesis' OpenApiSchema, loaded from the server's /openapi.json
-    registered: set[tuple[str, str]]
     url: str
 
 
@@ -259,7 +279,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             loaded, "GET", "/status/{job_id}", path_parameters={"job_id": KNOWN_JOB}, query={"wait": 60}
         )
         assert done.json()["status"] == "completed", done.text
-        yield Live(loaded, _registered(root / "probe"), server.url)
+        yield Live(loaded, server.url)
     finally:
         server.kill()
 
@@ -316,25 +336,51 @@ def test_live_known_job_conforms_to_the_document(live: Live) -> None:
         _validate(loaded, "DELETE", "/models/{name}", path_parameters={"name": "tiny.en"}).status_code == 409
     )
     assert _validate(loaded, "GET", "/health").status_code == 200
+    assert "whisper_jobs_finished" in _validate(loaded, "GET", "/metrics").text
+    # The dashboard's page and every asset it ships.
+    assert _validate(loaded, "GET", "/").status_code == 200
+    for asset in sorted(p.name for p in dashboard.ASSETS.iterdir() if p.name != dashboard.INDEX):
+        response = _validate(loaded, "GET", "/static/{name}", path_parameters={"name": asset})
+        assert response.status_code == 200, asset
+    assert _validate(loaded, "GET", "/static/{name}", path_parameters={"name": "x.js"}).status_code == 404
+    # The OpenAI-compatible routes: one real transcription, then the cache answers other formats.
+    assert _validate(loaded, "GET", "/v1/models").status_code == 200
+    model = {"model": "whisper-1"}
+    assert _validate(loaded, "GET", "/v1/models/{model}", path_parameters=model).status_code == 200
+    missing = {"model": "no-such-model"}
+    assert _validate(loaded, "GET", "/v1/models/{model}", path_parameters=missing).status_code == 404
+    clip = CLIP.read_bytes()[:-2] + b"\2\2"
+    for fmt in openai_api.RESPONSE_FORMATS:
+        body = {"file": clip, "model": "whisper-1", "response_format": fmt}
+        if fmt == "verbose_json":
+            body["timestamp_granularities[]"] = ["word"]
+        response = _validate(
+            loaded, "POST", "/v1/audio/transcriptions", body=body, media_type="multipart/form-data"
+        )
+        assert response.status_code == 200, (fmt, response.text)
+        assert response.headers["x-job-id"][0].startswith("oai-")
+    # Translation needs a multilingual model; this server's default (tiny.en) is English-only.
+    body = {"file": clip, "model": "whisper-1"}
+    response = _validate(
+        loaded, "POST", "/v1/audio/translations", body=body, media_type="multipart/form-data"
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), LIVE_OPERATIONS, ids=[f"{m} {p}" for m, p in LIVE_OPERATIONS])
 def test_live_server_conforms_to_its_document(live: Live, method: str, path: str) -> None:
-    if (method, path) not in live.registered:
-        pytest.skip(f"{method} {path} is not registered by this app (yet)")
     operation = live.schema[path][method]
     raw = operation.definition.raw
     strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
     if raw.get("parameters") or raw.get("requestBody"):
         strategies.append(operation.as_strategy(GenerationMode.NEGATIVE))
-    if "{job_id}" in path:  # some requests about a job that exists
-        strategies.append(
-            operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": KNOWN_JOB})
-        )
+    known = {"job_id": KNOWN_JOB} if "{job_id}" in path else KNOWN_PATH_PARAMETERS.get(path)
+    if known:  # some requests about a job, an asset or a model that exists
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=known))
 
     @settings(
-        max_examples=30,
+        max_examples=MAX_EXAMPLES_FOR.get((method, path), MAX_EXAMPLES),
         deadline=None,
         derandomize=True,
         database=None,
