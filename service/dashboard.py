@@ -7,6 +7,8 @@ and its assets carry no data, so they stay open without a token (see auth.OPEN_P
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 from pathlib import Path
 
@@ -29,24 +31,37 @@ _SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    # Small files that change with the service: revalidate (ETag/Last-Modified) on each load.
+    # Small files that change with the service: revalidate (ETag) on each load.
     "Cache-Control": "no-cache",
 }
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        ASSETS / INDEX, headers={**_SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}
-    )
+def _read(path: Path) -> tuple[bytes, str]:
+    body = path.read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-async def asset(request: web.Request) -> web.FileResponse:
+async def _serve(request: web.Request, path: Path, content_type: str) -> web.Response:
+    """The whole file, or 304 when the browser has it. Range and If-Match are ignored: these
+    files are a few kilobytes, and every answer stays a 200, a 304 or a JSON error."""
+    body, etag = await asyncio.get_running_loop().run_in_executor(None, _read, path)
+    headers = {**_SECURITY_HEADERS, "ETag": etag}
+    if etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+
+
+async def index(request: web.Request) -> web.Response:
+    return await _serve(request, ASSETS / INDEX, "text/html; charset=utf-8")
+
+
+async def asset(request: web.Request) -> web.Response:
     """Only the dashboard's own files, by plain name: no subfolders, no dot segments."""
     name = request.match_info["name"]
     path = ASSETS / name
     if not _ASSET_NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={**_SECURITY_HEADERS, "Content-Type": _CONTENT_TYPES[path.suffix]})
+    return await _serve(request, path, _CONTENT_TYPES[path.suffix])
 
 
 def setup_dashboard_routes(app: web.Application) -> None:

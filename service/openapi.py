@@ -910,9 +910,9 @@ PATHS["/metrics"] = {
 _ASSET_HEADERS = {
     "Content-Security-Policy": _header("Same-origin only; no inline script; no framing."),
     "X-Content-Type-Options": _header("`nosniff`"),
-    "Cache-Control": _header("`no-cache`: revalidated (ETag, Last-Modified) on each load."),
+    "Cache-Control": _header("`no-cache`: revalidated (ETag) on each load."),
 }
-_NOT_MODIFIED = {"description": "If-None-Match or If-Modified-Since matched: the cached copy is current."}
+_NOT_MODIFIED = {"description": "If-None-Match matched the ETag: the cached copy is current."}
 
 PATHS["/"] = {
     "get": {

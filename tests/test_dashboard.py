@@ -109,6 +109,18 @@ async def test_page_and_assets_are_served_with_a_strict_policy(
         assert "error" in await resp.json()
 
 
+async def test_assets_answer_whole_or_not_modified(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+    """Every answer is the file, a 304, or a JSON error: odd Range or If-Match headers change nothing."""
+    client = await aiohttp_client(create_app(Settings(storage_dir=tmp_path / "s"), engine=FakeEngine()))
+    full = await client.get("/static/dashboard.js")
+    body, etag = await full.read(), full.headers["ETag"]
+    assert body == (dashboard.ASSETS / "dashboard.js").read_bytes()
+    assert (await client.get("/static/dashboard.js", headers={"If-None-Match": etag})).status == 304
+    for headers in ({"Range": "bytes=999999-"}, {"If-Match": '"other"'}, {"If-None-Match": '"stale"'}):
+        resp = await client.get("/static/dashboard.js", headers=headers)
+        assert resp.status == 200 and await resp.read() == body, headers
+
+
 async def test_page_and_assets_need_no_token_but_the_api_does(
     tmp_path: Path, aiohttp_client: ClientFactory
 ) -> None:
