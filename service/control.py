@@ -20,6 +20,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 # Real-time factor assumed before any job has completed here (tiny.en on a slow CPU core).
 ASSUMED_RTF = 0.5
+# Audio length of a job assumed before any job has completed here.
+ASSUMED_JOB_AUDIO_S = 30.0
 # Bounds on the Retry-After a full queue answers with.
 RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S = 1, 600
 
@@ -128,9 +130,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
 
 
-async def _rtf(request: web.Request) -> float | None:
+def _median_rtf(speeds: list[tuple[float, float]]) -> float | None:
     """Median processing time per audio second over recent jobs; None before the first."""
-    speeds = await request.app[JOURNAL].recent_speeds()
     return median(p / a for a, p in speeds) if speeds else None
 
 
@@ -146,7 +147,7 @@ async def queue_view(request: web.Request) -> web.Response:
     """
     journal, settings = request.app[JOURNAL], request.app[SETTINGS]
     worker = request.app[WORKER]
-    measured = await _rtf(request)
+    measured = _median_rtf(await journal.recent_speeds())
     rtf = measured if measured is not None else ASSUMED_RTF
     running = [job for job_id in worker.active_jobs if (job := await journal.get(job_id)) is not None]
     queued = await journal.queued_in_order()
@@ -184,8 +185,8 @@ async def check_queue_room(app: web.Application) -> None:
     if queued < settings.max_queue:
         return
     speeds = await journal.recent_speeds()
-    rtf = median(p / a for a, p in speeds) if speeds else ASSUMED_RTF
-    typical = median(a for a, _ in speeds) if speeds else 30.0
+    rtf = _median_rtf(speeds) or ASSUMED_RTF
+    typical = median(a for a, _ in speeds) if speeds else ASSUMED_JOB_AUDIO_S
     # One queue place frees up each time a job finishes: about one typical job's time per worker.
     retry = math.ceil(typical * rtf / settings.workers)
     retry = max(RETRY_AFTER_MIN_S, min(RETRY_AFTER_MAX_S, retry))
