@@ -76,3 +76,7 @@ class ServiceUnavailable(ServiceError):
     """The service cannot take this request now (shutting down); retrying later will work."""
 
     status = 503
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The shared job store (Redis) cannot be reached; nothing was changed."""
