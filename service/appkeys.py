@@ -8,7 +8,7 @@ from aiohttp import web
 
 from service.engines.base import Engine
 from service.events import JobEvents
-from service.journal import Journal
+from service.store import JobStore
 from service.settings import Settings
 from service.storage import Layout
 from service.watch import JobWatch
@@ -17,7 +17,7 @@ from service.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
 LAYOUT = web.AppKey("layout", Layout)
-JOURNAL = web.AppKey("journal", Journal)
+JOURNAL = web.AppKey("journal", JobStore)
 WORKER = web.AppKey("worker", Worker)
 ENGINE = web.AppKey("engine", Engine)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)

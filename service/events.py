@@ -39,6 +39,8 @@ class JobEvent:
     type: str
     data: dict[str, Any]
     at: float = field(default_factory=time.time)
+    # The service instance it happened on, when another one (relayed through Redis); else None.
+    origin: str | None = None
 
 
 @dataclass
@@ -60,13 +62,15 @@ class JobEvents:
         """Called with every job's every event, synchronously; it must not block."""
         self._listeners.append(listener)
 
-    def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> JobEvent:
+    def publish(
+        self, job_id: str, type: str, data: dict[str, Any] | None = None, origin: str | None = None
+    ) -> JobEvent:
         log = self._logs.get(job_id)
         if log is None:
             log = self._logs[job_id] = _JobLog()
         elif type == STATUS and log.ended_at is not None:
             log.ended_at = None  # queued again (resubmitted after a failure): a new run
-        event = JobEvent(log.next_id, job_id, type, dict(data or {}))
+        event = JobEvent(log.next_id, job_id, type, dict(data or {}), origin=origin)
         log.next_id += 1
         log.events.append(event)
         if len(log.events) > MAX_EVENTS_PER_JOB:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.jobs import URGENT, Job, JobOptions, JobStatus, NewJob, Task
+from service.store import JobExists
 
 T = TypeVar("T")
 
@@ -125,7 +126,9 @@ def _requeue_or_fail(conn: sqlite3.Connection, job_id: str, attempts: int, limit
 
 
 class Journal:
-    """Async facade over the SQLite journal."""
+    """Async facade over the SQLite journal: the single-instance `JobStore`."""
+
+    shared = False
 
     def __init__(self, path: Path, priority_aging_s: float = 60.0) -> None:
         self.path = path
@@ -207,6 +210,13 @@ class Journal:
 
         return await self._run(op)
 
+    async def counts_by_status(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            return {str(status): int(count) for status, count in rows}
+
+        return await self._run(op)
+
     async def audio_files(self) -> set[str]:
         def op(conn: sqlite3.Connection) -> set[str]:
             return {row[0] for row in conn.execute("SELECT audio_file FROM jobs")}
@@ -227,8 +237,11 @@ class Journal:
 
     # -- writes -------------------------------------------------------------------------
     async def insert(self, new: NewJob) -> Job:
-        """Add a queued job. Raises sqlite3.IntegrityError if the id is taken."""
-        return await self._run(lambda conn: _insert(conn, new))
+        """Add a queued job. Raises JobExists if the id is taken."""
+        try:
+            return await self._run(lambda conn: _insert(conn, new))
+        except sqlite3.IntegrityError:
+            raise JobExists(new.job_id) from None
 
     async def replace_failed(self, new: NewJob) -> Job:
         """Queue a failed job afresh, at the back of the queue with its attempts reset."""
@@ -239,7 +252,7 @@ class Journal:
                 (new.job_id, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
             ).rowcount
             if deleted != 1:
-                raise sqlite3.IntegrityError(f"job {new.job_id} is not failed or cancelled")
+                raise JobExists(new.job_id)
             return _insert(conn, new)
 
         return await self._run(op)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from service import events as ev
 from service.appkeys import ENGINE, EVENTS, JOURNAL, SETTINGS, STARTED_AT, WORKER
 from service.events import JobEvent
 from service.jobs import JobStatus
-from service.journal import Journal
 from service.process_runner import ProcessRunner
+from service.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +170,10 @@ class Metrics:
         self._observing: set[asyncio.Task[None]] = set()
 
     # -- what happened --------------------------------------------------------------------
-    def listener(self, journal: Journal) -> Callable[[JobEvent], None]:
+    def listener(self, journal: JobStore) -> Callable[[JobEvent], None]:
         def on_event(event: JobEvent) -> None:
-            if event.type != ev.END:
-                return
+            if event.type != ev.END or event.origin is not None:
+                return  # another instance's job: counted there
             self.finished.labels(str(event.data.get("status"))).inc()
             if event.data.get("status") == JobStatus.COMPLETED.value:
                 task = asyncio.ensure_future(self._observe_completed(journal, event.job_id))
@@ -183,7 +182,7 @@ class Metrics:
 
         return on_event
 
-    async def _observe_completed(self, journal: Journal, job_id: str) -> None:
+    async def _observe_completed(self, journal: JobStore, job_id: str) -> None:
         try:
             job = await journal.get(job_id)
         except Exception:  # the journal closed under a late event: only a metric is lost
@@ -225,15 +224,11 @@ class Metrics:
     async def refresh(self, app: web.Application) -> None:
         worker = app[WORKER]
 
-        def by_status(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-            return {str(status): int(count) for status, count in rows}
-
         models: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # restarting, or just died: no models right now
             models = await asyncio.wait_for(worker.runner.models(), MODELS_TIMEOUT_SECONDS)
         self.live.snapshot = Snapshot(
-            jobs_by_status=await app[JOURNAL].run(by_status),
+            jobs_by_status=await app[JOURNAL].counts_by_status(),
             running=len(worker.active_jobs),
             models=models,
             restarts=worker.runner.restarts,

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from service.appkeys import EVENTS, JOURNAL, LAYOUT, SETTINGS
 from service.events import JobEvents
-from service.journal import Journal
+from service.store import JobStore
 from service.storage import Layout
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _remove_files(layout: Layout, audio_file: str, job_id: str) -> None:
     layout.transcript_path(job_id).unlink(missing_ok=True)
 
 
-async def sweep(journal: Journal, layout: Layout, events: JobEvents, retention_s: float) -> int:
+async def sweep(journal: JobStore, layout: Layout, events: JobEvents, retention_s: float) -> int:
     """Remove every finished job that ended more than `retention_s` ago; returns how many."""
     loop = asyncio.get_running_loop()
     removed = 0

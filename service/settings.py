@@ -13,6 +13,7 @@ ISOLATION = ("process", "thread")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
+BACKENDS = ("sqlite", "redis")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_retry_seconds: float = 3600.0
     webhook_timeout: float = 10.0
+    # Where job state and the queue live: the embedded SQLite journal (one instance), or Redis,
+    # shared by every instance pointed at the same URL, prefix and storage directory.
+    backend: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "whisper"
+    # A running job's claim lasts this long unless renewed (every third of it); an instance
+    # that dies has its jobs taken over by another about this long after.
+    lease_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage_dir", Path(self.storage_dir))
@@ -129,6 +138,14 @@ class Settings:
             "webhook_allowed_hosts",
             tuple(h.strip().lower() for h in self.webhook_allowed_hosts if h.strip()),
         )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
+            raise ValueError("redis_prefix must be a non-empty word")
+        if self.lease_seconds < 1:
+            raise ValueError("lease_seconds must be at least 1")
         if self.api_token == "":
             object.__setattr__(self, "api_token", None)
         if self.webhook_secret == "":
@@ -393,6 +410,31 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         default=_env_float(env, "SERVICE_WEBHOOK_TIMEOUT", base.webhook_timeout),
         help="seconds one webhook request may take [SERVICE_WEBHOOK_TIMEOUT] (default %(default)s)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=env.get("SERVICE_BACKEND", base.backend),
+        help="where jobs and the queue live: sqlite (this instance only) or redis (shared by "
+        "many instances) [SERVICE_BACKEND] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=env.get("SERVICE_REDIS_URL", base.redis_url),
+        help="Redis for --backend redis [SERVICE_REDIS_URL] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=env.get("SERVICE_REDIS_PREFIX", base.redis_prefix),
+        help="key prefix in Redis; instances with the same prefix share one queue "
+        "[SERVICE_REDIS_PREFIX] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=_env_float(env, "SERVICE_LEASE_SECONDS", base.lease_seconds),
+        help="with redis: a running job is taken over by another instance this long after its "
+        "instance stops renewing it [SERVICE_LEASE_SECONDS] (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         return Settings(
@@ -431,6 +473,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             webhook_allowed_hosts=tuple(args.webhook_allowed_hosts.split(",")),
             webhook_retry_seconds=args.webhook_retry_seconds,
             webhook_timeout=args.webhook_timeout,
+            backend=args.backend,
+            redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
+            lease_seconds=args.lease_seconds,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -16,10 +16,10 @@ from enum import StrEnum
 from service import events as ev
 from service import logs
 from service.engines.base import DecodeOptions, JobInterrupted, Result
-from service.errors import ModelUnavailable, ServiceError
+from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
 from service.events import JobEvents
-from service.jobs import Job
-from service.journal import Journal
+from service.jobs import Job, JobStatus
+from service.store import JobStore
 from service.runner import Runner, TranscribeRequest, WorkerCrashed
 from service.settings import Settings
 from service.storage import Layout, write_json_atomic
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # While idle the worker sleeps on an event; the timeout is only a safety net for missed wakes.
 IDLE_POLL_SECONDS = 5.0
+# While the job store (Redis) is unreachable, claims back off from this up to the cap.
+STORE_BACKOFF_SECONDS = 0.5
+STORE_BACKOFF_CAP_SECONDS = 10.0
 # A job for a loaded model may overtake an older one for another model for this long.
 MODEL_SWITCH_PATIENCE_SECONDS = 120.0
 # After an interrupt (timeout), how long a decode gets to stop before its process is killed.
@@ -65,7 +68,7 @@ class ProgressWriter:
     """The runner's progress sink: writes each report to the journal without waiting for it,
     and tells live streams. Called on the event loop."""
 
-    def __init__(self, journal: Journal, events: JobEvents | None = None) -> None:
+    def __init__(self, journal: JobStore, events: JobEvents | None = None) -> None:
         self.journal = journal
         self.events = events if events is not None else JobEvents()
         self._writes: set[asyncio.Task[None]] = set()  # held, or the loop may drop them mid-write
@@ -85,7 +88,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        journal: Journal,
+        journal: JobStore,
         layout: Layout,
         runner: Runner,
         watch: JobWatch | None = None,
@@ -102,12 +105,14 @@ class Worker:
         self.submit_lock = submit_lock if submit_lock is not None else asyncio.Lock()
         self.active_jobs: list[str] = []
         self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
+        self._lost: set[str] = set()  # running jobs another instance took over (shared store)
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
         self._loaded_models: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._grace_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set while no job runs
         self._idle.set()
@@ -148,10 +153,21 @@ class Worker:
         self.runner.interrupt(job_id)
         return True
 
+    def lease_lost(self, job_id: str, reason: str) -> None:
+        """The shared store says this run is no longer ours: cancelled elsewhere, or taken over."""
+        if reason == "cancelled":
+            self.cancel_running(job_id)
+        elif job_id in self.active_jobs:
+            self._lost.add(job_id)
+            self.runner.interrupt(job_id)
+
     async def job_ended(self, job_id: str) -> None:
         """Tell waiters and streams what the journal now says about the job."""
         self.watch.notify(job_id)
-        job = await self.journal.get(job_id)
+        try:
+            job = await self.journal.get(job_id)
+        except StoreUnavailable:
+            return  # waiters re-read the store anyway; streams end when they next can
         if job is None:
             return
         if job.status.finished:
@@ -193,6 +209,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
+        backoff = STORE_BACKOFF_SECONDS
         while not self._stopping:
             if not self.runner.ready:
                 ready = asyncio.ensure_future(self.runner.wait_ready())
@@ -200,18 +217,31 @@ class Worker:
                 ready.cancel()
                 continue
             self._wake.clear()
-            job = await self.journal.claim_next(await self._prefer(), MODEL_SWITCH_PATIENCE_SECONDS)
+            try:
+                job = await self.journal.claim_next(await self._prefer(), MODEL_SWITCH_PATIENCE_SECONDS)
+                if job is not None:
+                    await self._process(job)
+                backoff = STORE_BACKOFF_SECONDS
+            except StoreUnavailable:
+                # Logged by the store once per outage. A run whose outcome could not be
+                # written keeps no lease: another claim (here or elsewhere) runs it again.
+                await self._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, STORE_BACKOFF_CAP_SECONDS)
+                continue
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-                continue
-            await self._process(job)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     async def stop(self) -> None:
         """No new job starts; running ones get the grace period, then are interrupted and requeued."""
         if self._stopping:
             return
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self.watch.notify_all()
         self._grace_task = asyncio.create_task(self._interrupt_after_grace())
@@ -252,6 +282,12 @@ class Worker:
             transcript = self.layout.transcript_path(job.job_id)
             await loop.run_in_executor(None, write_json_atomic, transcript, result.as_dict())
             if not await self.journal.complete(job.job_id, result.language, result.duration_s):
+                current = await self.journal.get(job.job_id)
+                if current is not None and current.status is JobStatus.COMPLETED:
+                    # Taken over by another instance, which finished first: its result stands
+                    # (the file written here holds the same transcript of the same audio).
+                    log.info("job %s: completed by another instance; this run's result dropped", job.job_id)
+                    return
                 # Cancelled while its last window decoded: the result is not wanted.
                 await self._remove_files(job, transcript=True)
                 log.info("job %s: cancelled", job.job_id)
@@ -267,6 +303,9 @@ class Worker:
                 result.duration_s / elapsed if elapsed else 0.0,
             )
         except JobInterrupted:
+            if job.job_id in self._lost:
+                log.info("job %s: stopped here; another instance runs it now", job.job_id)
+                return
             if job.job_id in self._cancelled:
                 await self._remove_files(job, transcript=True)
                 log.info("job %s: cancelled while processing; stopped", job.job_id)
@@ -288,6 +327,8 @@ class Worker:
                 exc,
                 "failed after too many crashes" if failed else "back in the queue",
             )
+        except StoreUnavailable:
+            raise  # not the job's fault: its outcome is unknown, so it must run again
         except ServiceError as exc:
             await self.journal.fail(job.job_id, exc.message)
             log.warning("job %s: failed: %s", job.job_id, exc.message)
@@ -297,6 +338,7 @@ class Worker:
         finally:
             self.active_jobs.remove(job.job_id)
             self._cancelled.discard(job.job_id)
+            self._lost.discard(job.job_id)
             if not self.active_jobs:
                 self._idle.set()
             await self.job_ended(job.job_id)

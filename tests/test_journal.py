@@ -9,6 +9,7 @@ import pytest
 
 from service.jobs import JobStatus, NewJob, Task
 from service.journal import Journal
+from service.store import JobExists
 
 
 def new_job(job_id: str, priority: int = 0) -> NewJob:
@@ -51,7 +52,7 @@ async def test_claims_oldest_first_and_counts_attempts(journal: Journal) -> None
 
 async def test_duplicate_id_is_refused(journal: Journal) -> None:
     await journal.insert(new_job("a"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(JobExists):
         await journal.insert(new_job("a"))
 
 
