@@ -1,9 +1,11 @@
 """Webhooks: when a job with a callback_url ends, POST its outcome there, signed, until it lands.
 
-Deliveries are rows in the journal (`webhook_deliveries`), written before the first attempt,
-so a restart resumes them; start-up also adds rows for jobs that ended while no row could be
-written (the process died in between). Delivery is at least once: receivers deduplicate on
-`X-Webhook-Id`. docs/webhooks.md is the receiver's side.
+Deliveries are kept where the jobs are (service/webhook_store.py: the SQLite journal's
+`webhook_deliveries` table, or Redis shared by many instances), written before the first
+attempt, so a restart resumes them; start-up (and every IDLE_POLL_SECONDS) also adds
+deliveries for jobs that ended while none could be written (the process died in between).
+This module is the dispatcher: the HTTP, the signing and the backoff. Delivery is at least
+once: receivers deduplicate on `X-Webhook-Id`. docs/webhooks.md is the receiver's side.
 """
 
 from __future__ import annotations
@@ -15,11 +17,8 @@ import hmac
 import json
 import logging
 import random
-import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,12 +28,20 @@ from aiohttp import web
 
 from service import __version__, logs
 from service import events as ev
-from service.errors import BadRequest
+from service.errors import BadRequest, StoreUnavailable
 from service.events import JobEvent, JobEvents
-from service.jobs import JobStatus, iso_time
-from service.journal import Journal
+from service.jobs import JobStatus
 from service.settings import Settings
 from service.storage import Layout
+from service.webhook_store import (
+    CLAIM_MARGIN_SECONDS,
+    DELIVERED,
+    GIVEN_UP,
+    PENDING,
+    Delivery,
+    DeliveryStore,
+    delivery_store_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +56,6 @@ MAX_CONCURRENT = 8
 IDLE_POLL_SECONDS = 60.0
 
 USER_AGENT = f"whisper-transcription-service/{__version__}"
-EVENT_NAMES = {
-    JobStatus.COMPLETED: "job.completed",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELLED: "job.cancelled",
-}
-
-PENDING, DELIVERED, GIVEN_UP = "pending", "delivered", "given_up"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    delivery_id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    job_ended_at REAL NOT NULL,
-    url TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    UNIQUE (job_id, job_ended_at)
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
-"""
-_FINISHED = tuple(status.value for status in EVENT_NAMES)
-_JOB_COLUMNS = "job_id, status, model, language, duration_s, created_at, completed_at, error, callback_url"
 
 
 def check_callback_url(url: str, settings: Settings) -> None:
@@ -110,45 +89,6 @@ def backoff_delay(attempt: int, base: float, cap: float = BACKOFF_CAP_SECONDS) -
     return delay * (1 - BACKOFF_JITTER * random.random())
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    delivery_id: str
-    job_id: str
-    job_ended_at: float
-    url: str
-    payload: dict[str, Any]
-    attempts: int
-
-
-def _snapshot(row: tuple[Any, ...]) -> dict[str, Any]:
-    """The job's part of the payload, fixed when the job ends (the row may change or go later)."""
-    job_id, status, model, language, duration_s, created_at, completed_at, error, _ = row
-    payload: dict[str, Any] = {
-        "event": EVENT_NAMES[JobStatus(status)],
-        "job_id": job_id,
-        "status": status,
-        "model": model,
-        "language": language,
-        "duration_s": round(duration_s, 3) if duration_s is not None else None,  # as /status has it
-        "created_at": iso_time(created_at),
-        "completed_at": iso_time(completed_at),
-    }
-    if status == JobStatus.FAILED.value:
-        payload["error"] = error
-    return payload
-
-
-def _insert(conn: sqlite3.Connection, row: tuple[Any, ...], now: float) -> str | None:
-    """A pending delivery for this ending of the job, unless it has one; the new id or None."""
-    delivery_id = uuid.uuid4().hex
-    inserted = conn.execute(
-        "INSERT OR IGNORE INTO webhook_deliveries (delivery_id, job_id, job_ended_at, url, payload, "
-        "state, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (delivery_id, row[0], row[6], row[8], json.dumps(_snapshot(row)), PENDING, now, now),
-    ).rowcount
-    return delivery_id if inserted else None
-
-
 def _read_transcript(path: Path) -> dict[str, Any] | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -158,21 +98,35 @@ def _read_transcript(path: Path) -> dict[str, Any] | None:
 
 
 class WebhookDispatcher:
-    """Owns the deliveries table and the delivery loop; `ctx` is its aiohttp cleanup context."""
+    """Owns the delivery loop over a `DeliveryStore`; `ctx` is its aiohttp cleanup context.
 
-    def __init__(self, settings: Settings, journal: Journal, layout: Layout, events: JobEvents) -> None:
+    The store is `store`, or the one `delivery_store_for(journal)` picks: Redis for the Redis
+    job store, else the SQLite journal's table.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: object,
+        layout: Layout,
+        events: JobEvents,
+        store: DeliveryStore | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.layout = layout
         self.events = events
+        # A claim (Redis) must outlast an attempt: the request's timeout, plus reading and recording.
+        self.store = store or delivery_store_for(journal, settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
         self.backoff_base = BACKOFF_BASE_SECONDS  # tests shorten it
         self.backoff_cap = BACKOFF_CAP_SECONDS
         self._wake = asyncio.Event()
         self._running = False
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # held, or the loop may drop them
-        self._in_flight: set[str] = set()
+        self._in_flight: dict[str, Delivery] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._store_down = False
         events.add_listener(self._on_event)
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -184,17 +138,24 @@ class WebhookDispatcher:
             await self.stop()
 
     async def start(self) -> None:
-        await self.journal.run(lambda conn: conn.executescript(_SCHEMA))
+        await self.store.setup()
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        self._running = True  # from here on, endings get rows; reconcile covers the ones before
-        added = await self.reconcile()
-        if added:
-            log.info("webhooks: queued %d delivery(ies) for jobs that ended without one", added)
-        self._loop_task = asyncio.create_task(self._run(), name="webhooks")
+        self._running = True  # from here on, endings get deliveries; reconcile covers the ones before
+        reconciled = True
+        try:
+            added = await self.reconcile()
+        except StoreUnavailable as exc:  # a shared store that is down: the loop keeps trying
+            log.warning("webhooks: %s; missed deliveries are looked for once it is back", exc)
+            reconciled = False
+        else:
+            if added:
+                log.info("webhooks: queued %d delivery(ies) for jobs that ended without one", added)
+        self._loop_task = asyncio.create_task(self._run(reconciled), name="webhooks")
 
     async def stop(self) -> None:
-        """Prompt: attempts in flight are abandoned; their rows stay pending for the next start."""
+        """Prompt: attempts in flight are abandoned; they stay pending for the next start."""
         self._running = False
+        abandoned = list(self._in_flight.values())
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -202,11 +163,14 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loop_task = None
+        if abandoned:  # another instance (Redis) may take them now rather than when claims expire
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.release(abandoned), 1.0)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    # -- rows -----------------------------------------------------------------------------
+    # -- deliveries -------------------------------------------------------------------------
     def _on_event(self, event: JobEvent) -> None:
         if event.type != ev.END or not self._running:
             return
@@ -222,16 +186,11 @@ class WebhookDispatcher:
             await self._record_ending(job_id)
 
     async def _record_ending(self, job_id: str) -> None:
-        def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND callback_url IS NOT NULL "
-                f"AND completed_at IS NOT NULL AND status IN ({', '.join('?' for _ in _FINISHED)})",
-                (job_id, *_FINISHED),
-            ).fetchone()
-            return _insert(conn, row, time.time()) if row else None
-
         try:
-            delivery_id = await self.journal.run(op)
+            delivery_id = await self.store.record_ending(job_id)
+        except StoreUnavailable as exc:
+            log.warning("job %s: could not record its webhook delivery (%s); reconciled later", job_id, exc)
+            return
         except Exception:
             log.exception("job %s: could not record its webhook delivery; retried at next start", job_id)
             return
@@ -240,105 +199,69 @@ class WebhookDispatcher:
             self._wake.set()
 
     async def reconcile(self) -> int:
-        """Rows for finished jobs, ended within the retry window, that have none; how many added."""
+        """Deliveries for finished jobs, ended within the retry window, that have none; how many added."""
         since = time.time() - self.settings.webhook_retry_seconds
         retention = self.settings.retention_seconds
         keep_s = max(retention, self.settings.webhook_retry_seconds) if retention > 0 else 0.0
-
-        def op(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({', '.join('?' for _ in _FINISHED)}) "
-                "AND completed_at >= ? AND callback_url IS NOT NULL AND NOT EXISTS ("
-                "SELECT 1 FROM webhook_deliveries d WHERE d.job_id = jobs.job_id "
-                "AND d.job_ended_at = jobs.completed_at)",
-                (*_FINISHED, since),
-            ).fetchall()
-            now = time.time()
-            if keep_s > 0:  # finished rows go with the jobs they belong to (retention)
-                conn.execute(
-                    "DELETE FROM webhook_deliveries WHERE state != ? AND job_ended_at < ?",
-                    (PENDING, now - keep_s),
-                )
-            return sum(_insert(conn, row, now) is not None for row in rows)
-
-        return await self.journal.run(op)
+        return await self.store.reconcile(since, keep_s)
 
     async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's delivery rows, oldest first (for tests and operators)."""
-
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            cursor = conn.execute(
-                "SELECT delivery_id, job_id, url, state, attempts, next_attempt_at, last_status, "
-                "last_error, created_at, finished_at FROM webhook_deliveries WHERE job_id = ? "
-                "ORDER BY created_at",
-                (job_id,),
-            )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-        return await self.journal.run(op)
+        """The job's deliveries, oldest first (for tests and operators)."""
+        return await self.store.deliveries(job_id)
 
     # -- the loop -------------------------------------------------------------------------
-    async def _run(self) -> None:
-        last_reconcile = time.monotonic()
+    async def _run(self, reconciled: bool = True) -> None:
+        last_reconcile = time.monotonic() if reconciled else -IDLE_POLL_SECONDS
         while True:
             self._wake.clear()
-            if time.monotonic() - last_reconcile >= IDLE_POLL_SECONDS:
-                await self._guard(self.reconcile())
+            stale = time.monotonic() - last_reconcile >= IDLE_POLL_SECONDS
+            if stale and await self._guard(self.reconcile()) is not None:
                 last_reconcile = time.monotonic()
             due, next_at = await self._guard(self._due()) or ([], None)
             for delivery in due:
-                self._in_flight.add(delivery.delivery_id)
+                self._in_flight[delivery.delivery_id] = delivery
                 self._spawn(self._attempt(delivery))
             timeout = IDLE_POLL_SECONDS if next_at is None else max(0.0, next_at - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(timeout, IDLE_POLL_SECONDS))
 
     async def _guard(self, coro: Any) -> Any:
-        """A journal error must not end the loop: log it and try again on the next pass."""
+        """A store error must not end the loop: log it and try again on the next pass."""
         try:
-            return await coro
+            result = await coro
+        except StoreUnavailable as exc:  # logged once per outage, without a traceback
+            if not self._store_down:
+                log.warning("webhooks: %s; retrying", exc)
+                self._store_down = True
+            await asyncio.sleep(1.0)
+            return None
         except Exception:
             log.exception("webhooks: journal error; retrying")
             await asyncio.sleep(1.0)
             return None
+        if self._store_down:
+            log.info("webhooks: the delivery store is reachable again")
+            self._store_down = False
+        return result
 
-    async def _due(self) -> tuple[list[_Delivery], float | None]:
-        """Pending rows due now (not already in flight), and when the next one falls due."""
+    async def _due(self) -> tuple[list[Delivery], float | None]:
+        """Pending deliveries due now (not already in flight), and when the next one falls due."""
         busy = set(self._in_flight)
-        room = MAX_CONCURRENT - len(busy)
+        return await self.store.due(busy, MAX_CONCURRENT - len(busy))
 
-        def op(conn: sqlite3.Connection) -> tuple[list[_Delivery], float | None]:
-            rows = conn.execute(
-                "SELECT delivery_id, job_id, job_ended_at, url, payload, attempts, next_attempt_at "
-                "FROM webhook_deliveries WHERE state = ? ORDER BY next_attempt_at LIMIT ?",
-                (PENDING, len(busy) + room + 1),
-            )
-            due: list[_Delivery] = []
-            now = time.time()
-            for delivery_id, job_id, ended_at, url, payload, attempts, next_at in rows:
-                if delivery_id in busy:
-                    continue
-                if len(due) >= room:
-                    return due, None  # full: an attempt that ends wakes the loop
-                if next_at > now:
-                    return due, next_at
-                due.append(_Delivery(delivery_id, job_id, ended_at, url, json.loads(payload), attempts))
-            return due, None
-
-        return await self.journal.run(op)
-
-    async def _attempt(self, delivery: _Delivery) -> None:
+    async def _attempt(self, delivery: Delivery) -> None:
         with logs.job_context(delivery.job_id):
             try:
                 await self._deliver(delivery)
+            except StoreUnavailable as exc:  # its claim (Redis) expires: attempted again then
+                log.warning("job %s: webhook %s: %s", delivery.job_id, delivery.delivery_id, exc)
             except Exception:
                 log.exception("job %s: webhook %s: unexpected error", delivery.job_id, delivery.delivery_id)
             finally:
-                self._in_flight.discard(delivery.delivery_id)
+                self._in_flight.pop(delivery.delivery_id, None)
                 self._wake.set()
 
-    async def _deliver(self, delivery: _Delivery) -> None:
+    async def _deliver(self, delivery: Delivery) -> None:
         attempt = delivery.attempts + 1
         payload = {**delivery.payload, "delivery_id": delivery.delivery_id, "attempt": attempt}
         if payload["status"] == JobStatus.COMPLETED.value:
@@ -419,28 +342,11 @@ class WebhookDispatcher:
 
     async def _record(
         self,
-        delivery: _Delivery,
+        delivery: Delivery,
         attempt: int,
         state: str,
         status: int | None,
         error: str | None,
         retry_at: float | None = None,
     ) -> None:
-        now = time.time()
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhook_deliveries SET state = ?, attempts = ?, last_status = ?, last_error = ?, "
-                "next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ? WHERE delivery_id = ?",
-                (
-                    state,
-                    attempt,
-                    status,
-                    error,
-                    retry_at,
-                    None if state == PENDING else now,
-                    delivery.delivery_id,
-                ),
-            )
-
-        await self.journal.run(op)
+        await self.store.record(delivery, attempt, state, status, error, retry_at)
