@@ -13,6 +13,7 @@ from aiohttp.typedefs import Middleware
 
 from service import auth, metrics, openai_api, retention, routes, storage
 from service.appkeys import (
+    CLUSTER,
     ENGINE,
     EVENTS,
     JOURNAL,
@@ -24,6 +25,7 @@ from service.appkeys import (
     WEBHOOKS,
     WORKER,
 )
+from service.cluster import ClusterBus
 from service.engines import create_engine
 from service.engines.base import Engine
 from service.errors import ServiceError
@@ -31,9 +33,11 @@ from service.events import JobEvents
 from service.journal import Journal
 from service.models import ModelManager
 from service.process_runner import ProcessRunner
+from service.redis_store import RedisJournal
 from service.runner import Runner, ThreadRunner
 from service.settings import Settings
 from service.storage import Layout
+from service.store import JobStore
 from service.watch import JobWatch
 from service.webhooks import WebhookDispatcher
 from service.worker import ProgressWriter, Worker
@@ -99,7 +103,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, layout, journal, worker = app[SETTINGS], app[LAYOUT], app[JOURNAL], app[WORKER]
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, layout.create)
-    lock = storage.lock_storage(layout)
+    lock = storage.lock_storage(layout, shared=journal.shared)
     worker_task: asyncio.Task[None] | None = None
     try:
         await journal.open()
@@ -108,10 +112,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
         if failed:
             log.warning("failed %d job(s) past the attempt limit: %s", len(failed), ", ".join(failed))
-        referenced = await journal.audio_files()
-        removed = await loop.run_in_executor(None, storage.clean_start, layout, referenced)
-        if removed:
-            log.info("removed %d leftover file(s) from interrupted uploads", removed)
+        await _remove_leftovers(journal, layout)
         worker_task = asyncio.create_task(worker.run(), name="worker")
         yield
     finally:
@@ -129,6 +130,33 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         lock.close()
 
 
+async def _remove_leftovers(journal: JobStore, layout: Layout) -> None:
+    """Half-written uploads and audio no job refers to. With a shared store and directory, only
+    old ones: other instances' uploads may be in flight right now."""
+    loop = asyncio.get_running_loop()
+    try:
+        referenced = await journal.audio_files()
+    except ServiceError as exc:  # the shared store is away: leave the files for the next start
+        log.warning("left leftover files alone: %s", exc.message)
+        return
+    min_age = storage.SHARED_LEFTOVER_AGE_SECONDS if journal.shared else 0.0
+    removed = await loop.run_in_executor(None, storage.clean_start, layout, referenced, min_age)
+    if removed:
+        log.info("removed %d leftover file(s) from interrupted uploads", removed)
+
+
+def create_store(settings: Settings, layout: Layout) -> JobStore:
+    if settings.backend == "redis":
+        return RedisJournal(
+            settings.redis_url,
+            settings.redis_prefix,
+            priority_aging_s=settings.priority_aging_seconds,
+            lease_s=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    return Journal(layout.journal, settings.priority_aging_seconds)
+
+
 async def _stop_taking_jobs(app: web.Application) -> None:
     """Runs as shutdown begins, before requests in flight drain: no new job starts after it."""
     await app[WORKER].stop()
@@ -140,7 +168,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     `engine` lets tests substitute a fake; by default the one named in settings is used.
     """
     layout = Layout(settings.storage_dir, settings.model_dir)
-    journal = Journal(layout.journal, settings.priority_aging_seconds)
+    journal = create_store(settings, layout)
     events = JobEvents()
     progress = ProgressWriter(journal, events)
     runner: Runner
@@ -163,10 +191,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[WATCH] = JobWatch()
     app[EVENTS] = events
     app[SUBMIT_LOCK] = asyncio.Lock()
-    app[WORKER] = Worker(settings, journal, layout, runner, app[WATCH], events, app[SUBMIT_LOCK])
+    app[WORKER] = worker = Worker(settings, journal, layout, runner, app[WATCH], events, app[SUBMIT_LOCK])
     app[STARTED_AT] = time.time()
     app[WEBHOOKS] = WebhookDispatcher(settings, journal, layout, events)
     app.cleanup_ctx.append(_service_ctx)
+    if isinstance(journal, RedisJournal):
+        journal.on_lease_lost = worker.lease_lost
+        journal.on_reclaimed = worker.jobs_reclaimed
+        app[CLUSTER] = ClusterBus(journal, events, app[WATCH], worker.wake, worker.cancel_running)
+        app.cleanup_ctx.append(app[CLUSTER].ctx)
     app.cleanup_ctx.append(retention.retention_ctx)
     app.cleanup_ctx.append(app[WEBHOOKS].ctx)  # after the journal opens, stops before it closes
     app.on_shutdown.append(_stop_taking_jobs)

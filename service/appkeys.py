@@ -6,11 +6,12 @@ import asyncio
 
 from aiohttp import web
 
+from service.cluster import ClusterBus
 from service.engines.base import Engine
 from service.events import JobEvents
-from service.store import JobStore
 from service.settings import Settings
 from service.storage import Layout
+from service.store import JobStore
 from service.watch import JobWatch
 from service.webhooks import WebhookDispatcher
 from service.worker import Worker
@@ -25,3 +26,4 @@ STARTED_AT = web.AppKey("started_at", float)
 WATCH = web.AppKey("watch", JobWatch)
 EVENTS = web.AppKey("events", JobEvents)
 WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
+CLUSTER = web.AppKey("cluster", ClusterBus)  # only with a shared (Redis) store

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.appkeys import JOURNAL, LAYOUT, SETTINGS, SUBMIT_LOCK, WATCH, WORKER
+from service.appkeys import CLUSTER, JOURNAL, LAYOUT, SETTINGS, SUBMIT_LOCK, WATCH, WORKER
 from service.errors import BadRequest, JobFinished, JobNotFound, QueueFull
 from service.jobs import JOB_ID_PATTERN, Job, JobStatus, iso_time, priority_name
 
@@ -64,6 +64,9 @@ async def cancel(request: web.Request) -> web.Response:
         if before.status.finished:
             raise JobFinished(f"Job {job_id!r} is already {before.status.value}; there is nothing to cancel.")
         stopping = before.status is JobStatus.PROCESSING and worker.cancel_running(job_id)
+        elsewhere = before.status is JobStatus.PROCESSING and not stopping and CLUSTER in request.app
+        if elsewhere:  # another instance runs it: tell it (its lease renewal would notice too)
+            request.app[CLUSTER].cancel(job_id)
         if not stopping:
             # Queued (or no decode of it runs here): nothing else will touch its audio.
             await asyncio.get_running_loop().run_in_executor(
@@ -76,7 +79,7 @@ async def cancel(request: web.Request) -> web.Response:
     log.info("job %s: cancelled (was %s)", job_id, before.status.value, extra={"job_id": job_id})
     message = (
         "Cancelled; the running decode stops within a few seconds."
-        if stopping
+        if stopping or elsewhere
         else "Cancelled before it started."
     )
     return web.json_response(
@@ -149,7 +152,10 @@ async def queue_view(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     measured = _median_rtf(await journal.recent_speeds())
     rtf = measured if measured is not None else ASSUMED_RTF
-    running = [job for job_id in worker.active_jobs if (job := await journal.get(job_id)) is not None]
+    if journal.shared:  # every instance's running jobs; each of them is a slot
+        running = sorted(await journal.list_jobs([JobStatus.PROCESSING], 1000), key=lambda j: j.seq)
+    else:
+        running = [job for job_id in worker.active_jobs if (job := await journal.get(job_id)) is not None]
     queued = await journal.queued_in_order()
     slots = [_remaining_s(job, rtf) for job in running]
     slots += [0.0] * max(0, settings.workers - len(slots))

@@ -191,7 +191,8 @@ end
 return out
 """
 
-# ARGV: prefix, job_id, token ('' = none held: only a queued job can fail), action, now, max_attempts, message, pairs...
+# ARGV: prefix, job_id, token ('' when none is held: then only a queued job can fail), action,
+# now, max_attempts, message, field/value pairs...
 # Actions: complete, fail, release, crashed. Returns 0 when the job is not (or no longer) this
 # holder's running job; else 1 (2: crashed past the limit, failed).
 _END_RUN = (
@@ -409,8 +410,10 @@ class RedisJournal:
         self.instance_id = instance_id or default_instance_id()
         self.end_write_retry_s = END_WRITE_RETRY_SECONDS
         self.on_lease_lost: Callable[[str, str], None] | None = None
-        self.on_requeued: Callable[[list[str]], None] | None = None
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        # Called with (requeued, failed) job ids after a sweep took over dead instances' jobs.
+        self.on_reclaimed: Callable[[list[str], list[str]], None] | None = None
+        # Any: with decode_responses every reply is str, which the client's types cannot say.
+        self.redis: Any = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_timeout=5.0,
@@ -473,7 +476,7 @@ class RedisJournal:
 
     async def _script(self, name: str, *args: object) -> Any:
         async with self._guard():
-            return await self._scripts[name](keys=[], args=[self.prefix, *args])
+            return await self._scripts[name](keys=[], args=[self.prefix, *args])  # type: ignore[list-item]
 
     async def _end_write(self, name: str, *args: object) -> Any:
         """A write that ends a run: retried through a Redis outage, for a while."""
@@ -553,8 +556,8 @@ class RedisJournal:
         while True:
             try:
                 requeued, failed = await self.reclaim_expired()
-                if requeued and self.on_requeued is not None:
-                    self.on_requeued(requeued)
+                if (requeued or failed) and self.on_reclaimed is not None:
+                    self.on_reclaimed(requeued, failed)
             except StoreUnavailable:
                 pass
             except RedisError:
@@ -581,18 +584,15 @@ class RedisJournal:
     async def _get_many(self, job_ids: list[str]) -> list[Job]:
         if not job_ids:
             return []
-        async with self._guard():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hgetall(self.key("job", job_id))
-                rows = await pipe.execute()
+        async with self._guard(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.key("job", job_id))
+            rows = await pipe.execute()
         return [_job_from_hash(values) for values in rows if values]
 
     async def queue_position(self, job: Job) -> int:
         return int(
-            await self._script(
-                "position", job.seq, repr(time.time()), self.priority_aging_s, URGENT - 1.0
-            )
+            await self._script("position", job.seq, repr(time.time()), self.priority_aging_s, URGENT - 1.0)
         )
 
     async def count(self, status: JobStatus) -> int:
@@ -600,11 +600,10 @@ class RedisJournal:
             return int(await self.redis.zcard(self.key("st", status.value)))
 
     async def counts_by_status(self) -> dict[str, int]:
-        async with self._guard():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for status in JobStatus:
-                    pipe.zcard(self.key("st", status.value))
-                counts = await pipe.execute()
+        async with self._guard(), self.redis.pipeline(transaction=False) as pipe:
+            for status in JobStatus:
+                pipe.zcard(self.key("st", status.value))
+            counts = await pipe.execute()
         return {status.value: int(n) for status, n in zip(JobStatus, counts, strict=True) if n}
 
     async def audio_files(self) -> set[str]:
@@ -722,12 +721,11 @@ class RedisJournal:
             await self._script("progress", job_id, repr(progress))
 
     async def set_note(self, job_id: str, note: str, cacheable: bool = True) -> None:
-        async with self._guard():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key("job", job_id), "note", note)
-                if not cacheable:
-                    pipe.hdel(self.key("job", job_id), "cache_key")
-                await pipe.execute()
+        async with self._guard(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key("job", job_id), "note", note)
+            if not cacheable:
+                pipe.hdel(self.key("job", job_id), "cache_key")
+            await pipe.execute()
 
     def _token(self, job_id: str) -> str:
         return self._leases.get(job_id) or self._stale.get(job_id, "")

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from service.appkeys import EVENTS, JOURNAL, LAYOUT, SETTINGS
 from service.events import JobEvents
-from service.store import JobStore
 from service.storage import Layout
+from service.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
@@ -39,10 +38,13 @@ from service.errors import (
     JobConflict,
     JobNotFound,
     ServiceUnavailable,
+    StoreUnavailable,
     TranscriptNotReady,
 )
 from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time, parse_priority
+from service.redis_store import RedisJournal
 from service.storage import ReceivedUpload
+from service.store import JobExists
 from service.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
@@ -282,9 +284,19 @@ def _validate_fields(
     return job_id, model, language, task, callback_url, _job_options(fields)
 
 
-def _audio_name(job_id: str, filename: str | None) -> str:
+def _audio_name(job_id: str, filename: str | None, unique: bool = False) -> str:
     suffix = Path(filename or "").suffix.lower()
-    return job_id + (suffix if _SAFE_EXTENSION.match(suffix) else ".audio")
+    stem = f"{job_id}.{uuid.uuid4().hex[:8]}" if unique else job_id
+    return stem + (suffix if _SAFE_EXTENSION.match(suffix) else ".audio")
+
+
+async def _lost_race(request: web.Request, new: NewJob) -> Job:
+    """Another upload of the same id was stored first: the same work answers 200, other 409."""
+    existing = await request.app[JOURNAL].get(new.job_id)
+    if existing is None:
+        raise ServiceUnavailable(f"Job {new.job_id!r} changed while it was stored; send it again.")
+    _check_same_job(existing, new.audio_sha256, new.model, new.language, new.task, new.options)
+    return existing
 
 
 def _status_url(request: web.Request, job_id: str) -> str:
@@ -374,7 +386,8 @@ async def submit(
                 if existing.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                     return existing, False
                 retry = True  # the same upload again after a failure or cancel: run it again
-            audio_file = _audio_name(job_id, filename)
+            # Instances sharing a directory may race on one id: each upload gets its own file.
+            audio_file = _audio_name(job_id, filename, unique=journal.shared)
             target = layout.audio_path(audio_file)
             new = NewJob(
                 job_id=job_id,
@@ -391,7 +404,10 @@ async def submit(
                 priority=priority,
                 cache_key=key,
             )
-            cached = await _from_cache(request, new) if settings.transcript_cache else None
+            try:
+                cached = await _from_cache(request, new) if settings.transcript_cache else None
+            except JobExists:
+                return await _lost_race(request, new), False
             if cached is not None:
                 request.app[WATCH].notify(job_id)
                 request.app[EVENTS].publish(job_id, ev.END, {"status": cached.status.value})
@@ -399,10 +415,17 @@ async def submit(
             await loop.run_in_executor(None, storage.commit_upload, upload, target)
             try:
                 job = await (journal.replace_failed(new) if retry else journal.insert(new))
-            except (sqlite3.Error, OSError):
-                if not retry:  # a retry's audio file is the failed job's, byte for byte
+            except Exception as exc:
+                # A retry's audio file may be the failed job's, byte for byte: keep that one.
+                if existing is None or existing.audio_file != audio_file:
                     target.unlink(missing_ok=True)
+                if isinstance(exc, JobExists):  # another instance stored this id meanwhile
+                    return await _lost_race(request, new), False
                 raise
+            if existing is not None and existing.audio_file != audio_file:
+                await loop.run_in_executor(
+                    None, lambda: layout.audio_path(existing.audio_file).unlink(missing_ok=True)
+                )
     finally:
         if upload is not None:
             upload.discard()  # a no-op once the file was renamed into pending/
@@ -591,8 +614,15 @@ async def health(request: web.Request) -> web.Response:
     """
     worker = request.app[WORKER]
     settings = request.app[SETTINGS]
-    ready = worker.model_loaded and not worker.stopping and worker.fatal_error is None
-    body = {
+    journal = request.app[JOURNAL]
+    store_error: str | None = None
+    queue_size: int | None = None
+    try:
+        queue_size = await journal.count(JobStatus.QUEUED)
+    except StoreUnavailable as exc:
+        store_error = exc.message
+    ready = worker.model_loaded and not worker.stopping and worker.fatal_error is None and not store_error
+    body: dict[str, Any] = {
         "status": "ok" if worker.fatal_error is None else "error",
         "model_loaded": worker.model_loaded,
         "model": settings.model,
@@ -605,12 +635,18 @@ async def health(request: web.Request) -> web.Response:
         "processing": worker.current_job,
         "active_jobs": list(worker.active_jobs),
         "workers": settings.workers,
-        "queue_size": await request.app[JOURNAL].count(JobStatus.QUEUED),
+        "queue_size": queue_size,
+        "backend": settings.backend,
         "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
         "version": __version__,
     }
+    if isinstance(journal, RedisJournal):
+        body["instance"] = journal.instance_id
+        body["store"] = "unreachable" if store_error else "ok"
     if worker.fatal_error is not None:
         body["error"] = worker.fatal_error
+    elif store_error is not None:
+        body["error"] = store_error
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -89,15 +90,30 @@ class Layout:
             path.mkdir(parents=True, exist_ok=True)
 
 
-def lock_storage(layout: Layout) -> IO[bytes]:
-    """Hold an exclusive lock on the storage dir for the life of the process."""
+# With a shared store, leftovers younger than this may be another instance's upload in flight.
+SHARED_LEFTOVER_AGE_SECONDS = 3600.0
+
+
+def lock_storage(layout: Layout, shared: bool = False) -> IO[bytes]:
+    """Hold a lock on the storage dir for the life of the process.
+
+    Exclusive for the SQLite journal (one process owns the directory); shared for instances of
+    one Redis-backed cluster, so they can use it together but no SQLite instance can join.
+    (flock works across hosts only on file systems that support it; NFS v4 does.)
+    """
     handle = open(layout.root / "service.lock", "a+b")  # noqa: SIM115 - held until exit
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
+        hint = (
+            "a service process with --backend sqlite owns it"
+            if shared
+            else "another service process is already using it"
+        )
         raise StorageLocked(
-            f"another service process is already using {layout.root}; stop it or choose another --storage-dir"
+            f"{layout.root}: {hint}; stop it or choose another --storage-dir "
+            "(instances share a directory only with --backend redis)"
         ) from None
     return handle
 
@@ -129,19 +145,31 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, lambda fp: fp.write(json.dumps(data, ensure_ascii=False).encode("utf-8")))
 
 
-def clean_start(layout: Layout, referenced_audio: set[str]) -> int:
-    """Remove half-written uploads and audio that no job refers to. Returns files removed."""
+def clean_start(layout: Layout, referenced_audio: set[str], min_age_s: float = 0.0) -> int:
+    """Remove half-written uploads and audio that no job refers to, if older than `min_age_s`.
+
+    Returns the files removed.
+    """
+    cutoff = time.time() - min_age_s
     removed = 0
+
+    def remove(path: Path) -> None:
+        nonlocal removed
+        try:
+            if min_age_s and path.stat().st_mtime > cutoff:
+                return
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+
     for path in layout.tmp.iterdir():
-        path.unlink(missing_ok=True)
-        removed += 1
+        remove(path)
     for path in layout.pending.iterdir():
         if path.name not in referenced_audio:
-            path.unlink(missing_ok=True)
-            removed += 1
+            remove(path)
     for path in layout.transcripts.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
-        removed += 1
+        remove(path)
     return removed
 
 

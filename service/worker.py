@@ -19,10 +19,10 @@ from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
 from service.events import JobEvents
 from service.jobs import Job, JobStatus
-from service.store import JobStore
 from service.runner import Runner, TranscribeRequest, WorkerCrashed
 from service.settings import Settings
 from service.storage import Layout, write_json_atomic
+from service.store import JobStore
 from service.watch import JobWatch
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class Worker:
         self.active_jobs: list[str] = []
         self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
         self._lost: set[str] = set()  # running jobs another instance took over (shared store)
+        self._announcing: set[asyncio.Task[None]] = set()
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
@@ -160,6 +161,16 @@ class Worker:
         elif job_id in self.active_jobs:
             self._lost.add(job_id)
             self.runner.interrupt(job_id)
+
+    def jobs_reclaimed(self, requeued: list[str], failed: list[str]) -> None:
+        """A dead instance's jobs were taken back by the store's sweep: run them, announce the
+        ones that failed past the attempt limit."""
+        if requeued:
+            self.wake()
+        for job_id in failed:
+            task = asyncio.ensure_future(self.job_ended(job_id))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
 
     async def job_ended(self, job_id: str) -> None:
         """Tell waiters and streams what the journal now says about the job."""

@@ -206,10 +206,39 @@ def interpolate(value: str) -> str:
 
 def compose_service(path: Path) -> dict[str, Any]:
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    services = document["services"]
-    assert list(services) == ["transcription"], services
+    services = {name: s for name, s in document["services"].items() if "profiles" not in s}
+    assert list(services) == ["transcription"], services  # what a plain `docker compose up` starts
     service: dict[str, Any] = services["transcription"]
     return service
+
+
+def test_compose_scale_profile_runs_replicas_on_persistent_redis_behind_one_port() -> None:
+    document = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    services = document["services"]
+    scale = {name for name, s in services.items() if "scale" in s.get("profiles", [])}
+    assert scale == {"redis", "scaled", "lb"}
+
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--appendfsync always" in command
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+    replicas = services["scaled"]
+    assert int(interpolate(str(replicas["deploy"]["replicas"]))) >= 2
+    assert "ports" not in replicas and "container_name" not in replicas  # replicas share the lb port
+    env = replicas["environment"]
+    assert env["SERVICE_BACKEND"] == "redis" and env["SERVICE_REDIS_URL"].startswith("redis://redis:")
+    mounts = dict(reversed(v.split(":")) for v in replicas["volumes"])
+    storage_volume = mounts[env["SERVICE_STORAGE_DIR"]]
+    assert storage_volume != "storage"  # not the single-instance (SQLite) volume
+    assert replicas["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert replicas["build"] == services["transcription"]["build"]
+
+    lb = services["lb"]
+    assert [interpolate(p) for p in lb["ports"]] == ["8775:8775"]
+    config = document["configs"][lb["configs"][0]["source"]]["content"]
+    assert "server scaled:8765" in config and "listen 8775" in config
+    assert "proxy_request_buffering off" in config  # uploads stream through to a replica
 
 
 def test_compose_runs_the_service_with_port_volumes_restart_and_health_check() -> None:
