@@ -18,7 +18,6 @@ from typing import Any
 import aiofiles
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from service import __version__, audio, cache, control, dashboard, formats, storage, streams
 from service import events as ev
@@ -44,6 +43,7 @@ from service.errors import (
 from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time, parse_priority
 from service.storage import ReceivedUpload
 from service.webhooks import check_callback_url
+from service.whisper_light import LANGUAGES, TO_LANGUAGE_CODE
 
 log = logging.getLogger(__name__)
 
