@@ -26,8 +26,8 @@ from service.appkeys import (
     WORKER,
 )
 from service.cluster import ClusterBus
-from service.engines import create_engine
-from service.engines.base import Engine
+from service.engines import create_catalog, create_engine
+from service.engines.base import Engine, ModelCatalog
 from service.errors import ServiceError
 from service.events import JobEvents
 from service.journal import Journal
@@ -172,12 +172,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     events = JobEvents()
     progress = ProgressWriter(journal, events)
     runner: Runner
+    catalog: ModelCatalog
     if engine is None and settings.isolation == "process":
-        # The engine object here only answers questions about model names; models live in the child.
-        engine = create_engine(settings, layout.models)
+        # Models live in the child; this process only asks about names, with no torch imported.
+        catalog = create_catalog(settings, layout.models)
         runner = ProcessRunner(settings, layout.models, progress, progress.segment)
     else:
         engine = engine if engine is not None else create_engine(settings, layout.models)
+        catalog = engine
         manager = ModelManager.for_settings(engine, settings)
         runner = ThreadRunner(manager, settings.workers, progress, progress.segment)
     middlewares: list[Middleware] = [metrics.rejections_middleware, errors_middleware]
@@ -186,7 +188,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app[LAYOUT] = layout
-    app[ENGINE] = engine
+    app[ENGINE] = catalog
     app[JOURNAL] = journal
     app[WATCH] = JobWatch()
     app[EVENTS] = events

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from service.cluster import ClusterBus
-from service.engines.base import Engine
+from service.engines.base import ModelCatalog
 from service.events import JobEvents
 from service.settings import Settings
 from service.storage import Layout
@@ -20,7 +20,7 @@ SETTINGS = web.AppKey("settings", Settings)
 LAYOUT = web.AppKey("layout", Layout)
 JOURNAL = web.AppKey("journal", JobStore)
 WORKER = web.AppKey("worker", Worker)
-ENGINE = web.AppKey("engine", Engine)
+ENGINE = web.AppKey("engine", ModelCatalog)  # the engine itself with --isolation thread
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 STARTED_AT = web.AppKey("started_at", float)
 WATCH = web.AppKey("watch", JobWatch)

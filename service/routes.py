@@ -17,7 +17,6 @@ from typing import Any
 import aiofiles
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from service import __version__, audio, cache, control, dashboard, formats, storage, streams
 from service import events as ev
@@ -46,6 +45,7 @@ from service.redis_store import RedisJournal
 from service.storage import ReceivedUpload
 from service.store import JobExists
 from service.webhooks import check_callback_url
+from service.whisper_light import LANGUAGES, TO_LANGUAGE_CODE
 
 log = logging.getLogger(__name__)
 

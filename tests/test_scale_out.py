@@ -126,7 +126,7 @@ def pending_files(storage: Path) -> set[str]:
 class _Receiver(BaseHTTPRequestHandler):
     received: list[dict[str, Any]]
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append({"id": self.headers["X-Webhook-Id"], **json.loads(body)})
         self.send_response(204)
@@ -284,8 +284,10 @@ class PrivateRedis:
         assert binary, "redis-server is not installed (.ci/run installs it)"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-            + ["--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)),
+                *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

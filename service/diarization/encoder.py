@@ -6,6 +6,10 @@ costs seconds on the first call of every process) and webrtcvad (a C extension b
 source). The network is small and standard (3 LSTM layers, 256 units, a ReLU projection,
 L2-normalised output) and its 40-band power mel spectrogram is computed here with numpy, to the
 same definition (25 ms Hann window, 10 ms hop, Slaney mel scale and area normalisation).
+
+torch comes in with the network (service/diarization/network.py) when the encoder loads, so
+importing the diarization package costs no torch (the HTTP process validates diarization
+options with it; only the inference process diarizes).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from service.diarization.network import Network
 
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms
@@ -107,36 +113,25 @@ def normalize_loudness(pcm: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.
     return (pcm * 10 ** (gain_db / 20)).astype(np.float32)
 
 
-class _Network(nn.Module):
-    """The encoder's layers, named as in the checkpoint so its state dict loads as it is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(N_MELS, 256, 3, batch_first=True)
-        self.linear = nn.Linear(256, EMBEDDING_SIZE)
-        self.relu = nn.ReLU()
-
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)
-        raw = self.relu(self.linear(hidden[-1]))
-        return raw / torch.clamp(torch.norm(raw, dim=1, keepdim=True), min=1e-8)
-
-
 class SpeakerEncoder:
     """Loads the weights once; embeds batches of mel windows. Safe to call from several threads."""
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
-        self._network: _Network | None = None
+        self._network: Network | None = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
         with self._lock:
             if self._network is not None:
                 return
+            import torch
+
+            from service.diarization.network import Network
+
             checkpoint = torch.load(weights_path(), map_location="cpu", weights_only=True)
             state = {k: v for k, v in checkpoint["model_state"].items() if not k.startswith("similarity_")}
-            network = _Network()
+            network = Network()
             network.load_state_dict(state)
             network.eval()
             self._network = network.to(self.device)
@@ -150,6 +145,8 @@ class SpeakerEncoder:
         """
         self.load()
         assert self._network is not None
+        import torch  # loaded with the network: a dictionary lookup now
+
         out = np.zeros((len(mel_windows), EMBEDDING_SIZE), dtype=np.float32)
         by_length: dict[int, list[int]] = {}
         for index, window in enumerate(mel_windows):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.cpus import threads_per_worker
-from service.engines.base import Engine
+from service.engines.base import Engine, ModelCatalog
 from service.settings import Settings
 from service.storage import Layout
 
@@ -30,3 +30,19 @@ def create_engine(settings: Settings, models_dir: Path | None = None) -> Engine:
             workers=settings.workers,
         )
     raise ValueError(f"unknown engine {settings.engine!r}")
+
+
+def create_catalog(settings: Settings, models_dir: Path | None = None) -> ModelCatalog:
+    """The engine's answers about model names and its device, for a process that loads no models.
+
+    openai-whisper's engine imports torch, which the HTTP process has no use for: it gets the
+    torch-free catalog that engine is built on. faster-whisper's engine imports its libraries
+    (none of them torch) only when it lists or loads models, so it is its own catalog.
+    """
+    if models_dir is None:
+        models_dir = Layout(settings.storage_dir, settings.model_dir).models
+    if settings.engine == "openai-whisper":
+        from service.engines.openai_whisper_catalog import OpenAIWhisperCatalog
+
+        return OpenAIWhisperCatalog(models_dir, device=settings.device)
+    return create_engine(settings, models_dir)

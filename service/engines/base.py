@@ -121,8 +121,12 @@ class Result:
         return out
 
 
-class Engine(Protocol):
-    """Loads models and transcribes with them. Every method blocks: call from a worker thread."""
+class ModelCatalog(Protocol):
+    """What an engine knows about model names and its device, without loading anything.
+
+    The HTTP process asks only this (models live in the inference process), so an engine's
+    catalog must not need its inference libraries (torch) to answer.
+    """
 
     name: str
     device: str
@@ -135,6 +139,10 @@ class Engine(Protocol):
     def list_models(self) -> list[dict[str, Any]]:
         """Known model names: `name`, `bundled`, `on_disk`, `offline` (loadable with no network)."""
         ...
+
+
+class Engine(ModelCatalog, Protocol):
+    """Loads models and transcribes with them. Every method blocks: call from a worker thread."""
 
     def load(self, name: str) -> Any: ...
 

@@ -34,8 +34,9 @@ from service.engines.base import (
     StopCheck,
     Word,
 )
-from service.engines.bundled import assembled_ct2_dir, bundled_ct2_dir, is_bundled
+from service.engines.bundled import assembled_ct2_dir, bundled_ct2_dir
 from service.engines.ct2_import import ModelImportError, cached_import
+from service.engines.openai_whisper_catalog import OpenAIWhisperCatalog
 from service.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -127,43 +128,15 @@ def _words(segment: dict[str, Any]) -> list[Word]:
     ]
 
 
-class OpenAIWhisperEngine:
-    name = "openai-whisper"
+class OpenAIWhisperEngine(OpenAIWhisperCatalog):
+    """The catalog's names (openai_whisper_catalog.py), plus loading and decoding on torch."""
 
     def __init__(self, models_dir: Path, device: str = "auto", threads: int = 0) -> None:
-        self.models_dir = models_dir
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        super().__init__(models_dir, device)
         if threads > 0:
             # torch sizes its pool from the host's cores, which oversubscribes a container's quota.
             torch.set_num_threads(threads)
         _install_progress_hook()
-
-    # -- names ------------------------------------------------------------------------
-    def check_model_name(self, name: str) -> None:
-        if name in whisper.available_models():
-            return
-        if name.endswith(".pt") and os.path.isfile(name):
-            return
-        raise ModelUnavailable(
-            f"Unknown model {name!r}. Use one of: {', '.join(whisper.available_models())}, "
-            "or start the service with --model pointing at a .pt checkpoint."
-        )
-
-    def is_english_only(self, name: str) -> bool:
-        return name.endswith(".en") or Path(name).stem.endswith(".en")
-
-    def list_models(self) -> list[dict[str, Any]]:
-        """Every name this engine knows, and whether it can load without the network."""
-        out = []
-        for name in whisper.available_models():
-            bundled = is_bundled(name)
-            on_disk = (self.models_dir / os.path.basename(whisper._MODELS[name])).is_file() or any(
-                self.models_dir.glob(f"{name}-*.pt")
-            )
-            out.append({"name": name, "bundled": bundled, "on_disk": on_disk, "offline": bundled or on_disk})
-        return out
 
     # -- loading ----------------------------------------------------------------------
     def load(self, name: str) -> Whisper:
