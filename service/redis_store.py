@@ -441,6 +441,7 @@ class RedisJournal:
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._down_since: float | None = None
+        self._back_at: float | None = None  # when Redis last came back after an outage
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -462,6 +463,7 @@ class RedisJournal:
         if self._down_since is not None:
             log.warning("Redis is reachable again (after %.1f s)", time.monotonic() - self._down_since)
             self._down_since = None
+            self._back_at = time.monotonic()
 
     @property
     def _safe_url(self) -> str:
@@ -489,7 +491,7 @@ class RedisJournal:
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
 
     async def open(self) -> None:
         """Start renewing leases and sweeping expired ones. Redis may be down now: both retry."""
@@ -553,11 +555,18 @@ class RedisJournal:
                 self.on_lease_lost(job_id, str(answer))
 
     async def _reclaim_loop(self) -> None:
+        """Sweeps for dead instances' leases. After a Redis outage every lease looks expired:
+        the sweep then waits one lease period, so instances that are alive renew theirs first."""
         while True:
             try:
-                requeued, failed = await self.reclaim_expired()
-                if (requeued or failed) and self.on_reclaimed is not None:
-                    self.on_reclaimed(requeued, failed)
+                if not self.reachable:
+                    await self.ping()
+                elif self._back_at is not None and time.monotonic() - self._back_at < self.lease_s:
+                    pass
+                else:
+                    requeued, failed = await self.reclaim_expired()
+                    if (requeued or failed) and self.on_reclaimed is not None:
+                        self.on_reclaimed(requeued, failed)
             except StoreUnavailable:
                 pass
             except RedisError:

@@ -293,18 +293,15 @@ class Worker:
             transcript = self.layout.transcript_path(job.job_id)
             await loop.run_in_executor(None, write_json_atomic, transcript, result.as_dict())
             if not await self.journal.complete(job.job_id, result.language, result.duration_s):
-                current = await self.journal.get(job.job_id)
-                if current is not None and current.status is JobStatus.COMPLETED:
-                    # Taken over by another instance, which finished first: its result stands
-                    # (the file written here holds the same transcript of the same audio).
-                    log.info("job %s: completed by another instance; this run's result dropped", job.job_id)
-                    return
-                # Cancelled while its last window decoded: the result is not wanted.
-                await self._remove_files(job, transcript=True)
-                log.info("job %s: cancelled", job.job_id)
+                # Cancelled while its last window decoded: the result is not wanted. Or, with a
+                # shared store, taken over by another instance: its files are that run's now.
+                if await self._remove_files(job, transcript=True, status=JobStatus.CANCELLED):
+                    log.info("job %s: cancelled", job.job_id)
+                else:
+                    log.info("job %s: another instance runs it now; this run's result dropped", job.job_id)
                 return
             if self.settings.delete_audio_on_complete:
-                await self._remove_files(job, transcript=False)
+                await self._remove_files(job, transcript=False, status=JobStatus.COMPLETED)
             elapsed = time.monotonic() - started
             log.info(
                 "job %s: completed %.1f s of audio in %.1f s (%.2fx real time)",
@@ -318,7 +315,7 @@ class Worker:
                 log.info("job %s: stopped here; another instance runs it now", job.job_id)
                 return
             if job.job_id in self._cancelled:
-                await self._remove_files(job, transcript=True)
+                await self._remove_files(job, transcript=True, status=JobStatus.CANCELLED)
                 log.info("job %s: cancelled while processing; stopped", job.job_id)
                 return
             await self.journal.release(job.job_id)
@@ -354,11 +351,13 @@ class Worker:
                 self._idle.set()
             await self.job_ended(job.job_id)
 
-    async def _remove_files(self, job: Job, transcript: bool) -> None:
+    async def _remove_files(self, job: Job, transcript: bool, status: JobStatus) -> bool:
         """A cancelled job's audio and partial result, or a completed job's audio (by setting).
 
-        Under the upload lock, and only while the journal row is still this run's: the same
-        audio sent again after a cancel reuses the file names, and those files are the new job's.
+        Under the upload lock, and only while the journal row is still this run's and in the
+        expected `status`: the same audio sent again after a cancel reuses the file names, and
+        those files are the new job's; a job another instance took over needs its files.
+        Returns whether the files were removed.
         """
 
         def remove() -> None:
@@ -368,8 +367,10 @@ class Worker:
 
         async with self.submit_lock:
             current = await self.journal.get(job.job_id)
-            if current is not None and current.seq == job.seq:
-                await asyncio.get_running_loop().run_in_executor(None, remove)
+            if current is None or current.seq != job.seq or current.status is not status:
+                return False
+            await asyncio.get_running_loop().run_in_executor(None, remove)
+            return True
 
     async def _transcribe(self, job: Job) -> Result:
         path = self.layout.audio_path(job.audio_file)
