@@ -287,6 +287,7 @@ SCHEMAS: dict[str, Schema] = {
             "active_jobs",
             "workers",
             "queue_size",
+            "backend",
             "uptime_s",
             "version",
         ],
@@ -303,10 +304,22 @@ SCHEMAS: dict[str, Schema] = {
             "processing": _nullable({"type": "string"}),
             "active_jobs": {"type": "array", "items": {"type": "string"}},
             "workers": {"type": "integer", "minimum": 1},
-            "queue_size": {"type": "integer", "minimum": 0},
+            "queue_size": _nullable(
+                {"type": "integer", "minimum": 0, "description": "null while the job store is unreachable."}
+            ),
+            "backend": {"type": "string", "enum": ["sqlite", "redis"]},
+            "instance": {"type": "string", "description": "With --backend redis: this instance's id."},
+            "store": {
+                "type": "string",
+                "enum": ["ok", "unreachable"],
+                "description": "With --backend redis: whether Redis answers.",
+            },
             "uptime_s": {"type": "number", "minimum": 0},
             "version": {"type": "string"},
-            "error": {"type": "string", "description": "Only after a fatal error."},
+            "error": {
+                "type": "string",
+                "description": "After a fatal error, or while the job store is unreachable.",
+            },
         },
     },
     "ModelInfo": {
