@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the service against the ways Whisper was run without it, on real speech.
 
-    python scripts/bench.py [--quick] [--only cold,overhead,engines,burst,responsiveness,memory,journal]
-                            [--json PATH] [--markdown PATH] [--threads N] [--repeat N]
+    python scripts/bench.py [--quick] [--only cold,overhead,engines,burst,responsiveness,memory,journal,scale]
+                            [--json PATH] [--markdown PATH] [--threads N] [--repeat N] [--redis-url URL]
 
 Sections (scripts/bench/sections.py says exactly what each one times):
   cold            a fresh process per file (import, load, transcribe) vs the warm service end to end
@@ -12,6 +12,7 @@ Sections (scripts/bench/sections.py says exactly what each one times):
   responsiveness  /health and /status latency while a long job runs
   memory          HTTP-process RSS while a big upload streams in; idle RSS per engine
   journal         start-up time and /status latency with thousands of jobs in the journal
+  scale           jobs per minute with one and with two instances on one Redis queue (needs Redis)
 
 Every service process and in-process model gets the same thread count (--threads, also exported
 as OMP_NUM_THREADS) and beam size. A failing section is recorded in the JSON and the run goes on.
@@ -38,7 +39,7 @@ for _path in (str(REPO), str(SCRIPTS)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-ALL_SECTIONS = ["cold", "overhead", "engines", "burst", "responsiveness", "memory", "journal"]
+ALL_SECTIONS = ["cold", "overhead", "engines", "burst", "responsiveness", "memory", "journal", "scale"]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -61,7 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="3 clips, 1 repetition, small sizes: a smoke run"
     )
-    parser.add_argument("--only", default=",".join(ALL_SECTIONS), help="comma-separated sections to run")
+    parser.add_argument(
+        "--only",
+        default=",".join(ALL_SECTIONS),
+        help=f"comma-separated sections to run (default all: {', '.join(ALL_SECTIONS)})",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON)")
     parser.add_argument(
         "--markdown", type=Path, help="also write the tables and the machine as markdown here"
@@ -79,6 +84,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--journal-jobs", type=int, help="jobs in the journal (default 10000, 1000 with --quick)"
+    )
+    parser.add_argument(
+        "--scale-jobs", type=int, help="clips per batch in the scale section (default 16, 8 with --quick)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="Redis the scale section's instances share (a fresh key prefix per case, removed afterwards)",
     )
     parser.add_argument(
         "--burst-variants",
@@ -110,10 +123,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.upload_mb = 100 if args.quick else 1024
     if args.journal_jobs is None:
         args.journal_jobs = 1000 if args.quick else 10_000
+    if args.scale_jobs is None:
+        args.scale_jobs = 8 if args.quick else 16
     if args.threads <= 0:
         args.threads = _available_cores()
-    if min(args.repeat, args.burst_size, args.upload_mb, args.journal_jobs, args.beam_size) < 1:
-        parser.error("--repeat, --burst-size, --upload-mb, --journal-jobs and --beam-size must be at least 1")
+    if (
+        min(args.repeat, args.burst_size, args.upload_mb, args.journal_jobs, args.scale_jobs, args.beam_size)
+        < 1
+    ):
+        parser.error(
+            "--repeat, --burst-size, --upload-mb, --journal-jobs, --scale-jobs and --beam-size "
+            "must be at least 1"
+        )
     return args
 
 
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "burst_size": args.burst_size,
             "upload_mb": args.upload_mb,
             "journal_jobs": args.journal_jobs,
+            "scale_jobs": args.scale_jobs,
             "sections": args.only,
             "machine": common.machine_info(),
             # Thread-pool knobs change CPU numbers a lot (OpenMP spin-waiting on a shared host, above all).
@@ -230,6 +252,8 @@ def _context(
         burst_variants=variants,
         log=log,
         only_engines=args.engines.split(",") if args.engines else None,
+        scale_jobs=args.scale_jobs,
+        redis_url=args.redis_url,
     )
     if not ctx.engines():
         raise RuntimeError(f"none of the engines {args.engines} is offered by this build: {help_.engines}")

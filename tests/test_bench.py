@@ -6,12 +6,14 @@ service (start-up, uploads, status, RSS sampling) and writes its JSON and markdo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,4 +71,65 @@ def test_quick_bench_of_memory_and_journal(tmp_path: Path) -> None:
         assert section["targets"] and all(t["result"] in ("PASS", "MISS") for t in section["targets"])
     text = md.read_text()
     assert "### 6. Memory" in text and "### 7. Journal scale" in text and "| CPU |" in text
+    assert not list(tmp_path.glob("bench-*")), "the harness must remove its work dir"
+
+
+def test_every_section_is_registered_and_titled() -> None:
+    """bench.py's list, the section functions and the report titles name the same sections, in order."""
+    scripts = str(REPO / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from bench import report, sections
+
+    spec = importlib.util.spec_from_file_location("bench_cli", REPO / "scripts" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.ALL_SECTIONS == list(sections.SECTIONS) == list(report.TITLES)
+    assert "scale" in cli.ALL_SECTIONS
+    args = cli.parse_args(["--quick", "--only", "scale"])
+    assert args.only == ["scale"] and args.scale_jobs == 8
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_bench_of_scale(tmp_path: Path) -> None:
+    """One and two instances on the machine's Redis: every job done once, jobs/min for both, keys removed."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--quick",
+            "--only",
+            "scale",
+            "--engines",
+            "faster-whisper",
+            "--scale-jobs",
+            "4",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    scale = json.loads(out.read_text())["sections"]["scale"]
+    assert scale["status"] == "ok" and "Scale-out on one Redis queue" in proc.stdout
+    data = scale["data"]
+    assert data["jobs"] == 4 and data["cores"] >= 1 and _number(data["ratio_2_over_1"])
+    for n in ("1", "2"):
+        case = data["cases"][n]
+        assert case["jobs_per_min"] > 0 and sum(case["jobs_run_by_instance"]) == 4
+        assert case["threads_each"] == max(1, data["threads_total"] // int(n))
+        prefix = case["flags"][case["flags"].index("--redis-prefix") + 1]
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        try:
+            assert not list(client.scan_iter(match=f"{prefix}:*")), "the section must remove its Redis keys"
+        finally:
+            client.close()
     assert not list(tmp_path.glob("bench-*")), "the harness must remove its work dir"

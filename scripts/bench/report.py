@@ -17,6 +17,7 @@ TITLES = {
     "responsiveness": "Responsiveness while busy",
     "memory": "Memory",
     "journal": "Journal scale",
+    "scale": "Scale-out on one Redis queue",
 }
 
 

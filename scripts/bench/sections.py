@@ -1,4 +1,4 @@
-"""The seven measurements. Each takes the run's Context and returns a SectionResult.
+"""The eight measurements. Each takes the run's Context and returns a SectionResult.
 
 Fairness rules every section keeps: the service and its baseline get the same flags (engine,
 beam size, threads) and the same clips; what is compared runs interleaved, alternating which
@@ -9,12 +9,14 @@ service or model is a warm-up and is not counted.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import gc
 import itertools
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from bench.common import (
     build_long_clip,
     latency_summary,
     median,
+    percentile,
     ratio,
     target,
     word_error_rate,
@@ -83,6 +86,8 @@ class Context:
     burst_variants: list[list[str]] | None
     log: Callable[[str], None]
     only_engines: list[str] | None = None
+    scale_jobs: int = 16
+    redis_url: str = "redis://127.0.0.1:6379/0"
     _ids: Iterator[int] = field(default_factory=itertools.count)
     _models_cache: Path | None = None
 
@@ -116,9 +121,14 @@ class Context:
         return path
 
     @contextlib.contextmanager
-    def service(self, label: str, args: list[str]) -> Iterator[ServiceProcess]:
+    def service(
+        self, label: str, args: list[str], storage: Path | None = None, threads: int | None = None
+    ) -> Iterator[ServiceProcess]:
+        """A service on a fresh storage dir, or on `storage` (shared); the run's threads, or `threads`."""
         self.log(f"  starting service ({label}): {' '.join(args)}")
-        with running_service(self.storage(label), args, self.threads, self.models_cache) as svc:
+        storage = storage if storage is not None else self.storage(label)
+        threads = threads if threads is not None else self.threads
+        with running_service(storage, args, threads, self.models_cache) as svc:
             self.log(f"  listening after {svc.listening_s:.2f} s, model loaded after {svc.ready_s:.2f} s")
             yield svc
 
@@ -1005,6 +1015,316 @@ def journal(ctx: Context) -> SectionResult:
     return res
 
 
+# -- 8. scale-out: instances sharing one Redis queue ----------------------------------------------
+
+# Instance counts compared side by side; each case gets its share of the run's threads.
+SCALE_INSTANCES = (1, 2)
+
+
+@dataclass
+class ScaleJob:
+    """One job of a scale batch, as the client saw it (perf_counter times)."""
+
+    job_id: str
+    url: str  # the instance it was uploaded to and waited on
+    upload_at: float
+    done_at: float
+    status: str
+    attempts: int | None
+    error: str | None = None
+
+
+def _redis_ping(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise RuntimeError(
+            f"Redis at {url} does not answer ({exc}); start one "
+            "(redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes) or pass --redis-url"
+        ) from exc
+    finally:
+        client.close()
+
+
+def drop_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key under `prefix:` (SCAN, then DEL in chunks); how many there were."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def _scale_batch(
+    urls: list[str], clips: list[Clip], tag: str, timeout: float
+) -> tuple[float, list[ScaleJob]]:
+    """Upload every clip at once (one thread and connection each), round-robin over `urls`; each
+    thread long-polls its job on the instance it uploaded to. Wall: first upload to last completion."""
+    barrier = threading.Barrier(len(clips))
+
+    def one(index: int) -> ScaleJob:
+        url = urls[index % len(urls)]
+        job_id = f"bench-{tag}-{index:03d}-{uuid.uuid4().hex[:6]}"
+        client = Client(url)
+        upload_at = time.perf_counter()
+        try:
+            barrier.wait(timeout=60)
+            upload_at = time.perf_counter()
+            job_id = client.submit(clips[index].path, job_id=job_id)
+            body = client.wait(job_id, timeout=timeout)
+            return ScaleJob(
+                job_id,
+                url,
+                upload_at,
+                time.perf_counter(),
+                body["status"],
+                body.get("attempts"),
+                body.get("error"),
+            )
+        except Exception as exc:  # reported with the batch: the exactly-once check fails on it
+            return ScaleJob(
+                job_id,
+                url,
+                upload_at,
+                time.perf_counter(),
+                "client error",
+                None,
+                f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=len(clips)) as pool:
+        results = list(pool.map(one, range(len(clips))))
+    return max(r.done_at for r in results) - min(r.upload_at for r in results), results
+
+
+def _runs_in_logs(
+    instances: list[ServiceProcess], job_ids: list[str], timeout: float = 10.0
+) -> dict[str, dict[str, Any]]:
+    """Per job, from the instances' logs: the instances (indexes) that started it, and how many runs
+    completed it. The worker logs a completion just after the store records it: allow a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = [
+            svc.log_path.read_text(errors="replace") if svc.log_path and svc.log_path.is_file() else ""
+            for svc in instances
+        ]
+        runs: dict[str, dict[str, Any]] = {}
+        for job_id in job_ids:
+            started = rf"job {re.escape(job_id)}: started"
+            completed = rf"job {re.escape(job_id)}: completed [\d.]+ s of audio"
+            runs[job_id] = {
+                "started_on": [k for k, log in enumerate(logs) for _ in re.findall(started, log)],
+                "completions": sum(len(re.findall(completed, log)) for log in logs),
+            }
+        if all(r["completions"] >= 1 for r in runs.values()) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
+
+
+def _exactly_once(label: str, results: list[ScaleJob], runs: dict[str, dict[str, Any]]) -> list[str]:
+    """What is wrong with a batch, if anything: every job must complete exactly once, on its first run."""
+    problems: list[str] = []
+    statuses = collections.Counter(r.status for r in results)
+    if statuses["completed"] != len(results):
+        problems.append(f"{label}: {statuses['completed']} of {len(results)} jobs completed {dict(statuses)}")
+    ids = [r.job_id for r in results]
+    if len(set(ids)) != len(ids):
+        problems.append(f"{label}: {len(ids) - len(set(ids))} duplicate job ids")
+    retried = [f"{r.job_id} (attempts {r.attempts})" for r in results if r.attempts != 1]
+    if retried:
+        problems.append(f"{label}: jobs not done on their first attempt: {', '.join(retried[:5])}")
+    not_once = [
+        f"{job_id} ({r['completions']} completions, started on {len(r['started_on'])} instance(s))"
+        for job_id, r in runs.items()
+        if r["completions"] != 1 or len(r["started_on"]) != 1
+    ]
+    if not_once:
+        problems.append(f"{label}: not run exactly once per the logs: {', '.join(not_once[:5])}")
+    failed = [f"{r.job_id}: {r.error}" for r in results if r.error]
+    if failed:
+        problems.append(f"{label}: {'; '.join(failed[:3])}")
+    return problems
+
+
+def _warm_up(ctx: Context, instances: list[ServiceProcess], clip: Clip, rounds: int = 3) -> bool:
+    """Until every instance's worker has run a job (the first on a fresh model is not counted). Any
+    worker may claim any job of the shared queue, so a round is one job per instance at once."""
+    warmed: set[int] = set()
+    for round_ in range(rounds):
+        _, results = _scale_batch([s.url for s in instances], [clip] * len(instances), f"warm{round_}", 600)
+        failed = [r for r in results if r.status != "completed"]
+        if failed:
+            raise RuntimeError(f"warm-up job {failed[0].job_id} ended {failed[0].status}: {failed[0].error}")
+        warmed |= {
+            k for r in _runs_in_logs(instances, [r.job_id for r in results]).values() for k in r["started_on"]
+        }
+        if len(warmed) == len(instances):
+            return True
+    ctx.log(f"  after {rounds} warm-up rounds only {len(warmed)} of {len(instances)} instances had run a job")
+    return False
+
+
+def scale(ctx: Context) -> SectionResult:
+    from service.cpus import available_cpus
+
+    engine = "faster-whisper" if "faster-whisper" in ctx.engines() else ctx.engines()[0]
+    jobs = [ctx.short_clips[i % len(ctx.short_clips)] for i in range(ctx.scale_jobs)]
+    audio_total = sum(c.duration_s for c in jobs)
+    cores = available_cpus()
+    res = SectionResult(
+        "scale",
+        f"Jobs per minute with one and with two service instances on one Redis queue (--backend redis; "
+        f"one key prefix and one shared storage dir per case), side by side in the same run: {len(jobs)} "
+        f"short clips ({audio_total:.0f} s of audio, each <= 8 s) uploaded at once, round-robin over the "
+        f"instances, each long-polled with GET /status?wait= until done; wall time from the first upload "
+        f"to the last completion. {engine}, the same decoding options as the other sections. The cases "
+        f"share the same {ctx.threads} threads (each instance gets --threads {ctx.threads} // instances, "
+        "at least 1), so two instances split the cores one had instead of adding any: on a small CPU "
+        "machine expect a modest ratio (about 1-1.5 on 2 cores), and what there is of it comes from one "
+        "instance decoding one job at a time (--workers 1) leaving cores idle on short clips, which the "
+        "burst section's --workers variants show inside one instance too. What scale-out gains comes from "
+        "more cores, GPUs or machines behind the one queue, not from splitting the same cores. Every job "
+        "must complete exactly once (a completed status, attempts 1, one run in the instances' logs), or "
+        "the section fails.",
+    )
+    if "redis" not in service_help().choices("--backend"):
+        raise RuntimeError("this build of the service has no --backend redis: there is no shared queue")
+    _redis_ping(ctx.redis_url)
+
+    timeout = 120.0 + 30.0 * len(jobs)
+    walls: dict[int, list[float]] = {n: [] for n in SCALE_INSTANCES}
+    latency: dict[int, list[float]] = {n: [] for n in SCALE_INSTANCES}
+    ran_by: dict[int, collections.Counter[int]] = {n: collections.Counter() for n in SCALE_INSTANCES}
+    flags: dict[int, list[str]] = {}
+    threads_each = {n: max(1, ctx.threads // n) for n in SCALE_INSTANCES}
+    problems: list[str] = []
+    cases: dict[int, list[ServiceProcess]] = {}
+    dropped: dict[str, int] = {}
+
+    def drop(prefix: str) -> None:
+        try:
+            dropped[prefix] = drop_redis_keys(ctx.redis_url, prefix)
+        except Exception as exc:  # never hide the section's own error behind the clean-up's
+            ctx.log(f"  could not remove Redis keys {prefix}:*: {type(exc).__name__}: {exc}")
+            res.errors.append(f"Redis keys {prefix}:* not removed: {exc}")
+
+    def run(n: int, rep: int) -> None:
+        instances = cases[n]
+        wall, results = _scale_batch([s.url for s in instances], jobs, f"{n}i-r{rep}", timeout)
+        runs = _runs_in_logs(instances, [r.job_id for r in results])
+        found = _exactly_once(f"{n} instance(s), rep {rep + 1}", results, runs)
+        problems.extend(found)
+        walls[n].append(wall)
+        latency[n] += [r.done_at - r.upload_at for r in results]
+        for r in runs.values():
+            ran_by[n].update(r["started_on"])
+        ctx.log(
+            f"  {n} instance(s): {len(jobs)} jobs in {wall:.1f} s ({60 * len(jobs) / wall:.1f} jobs/min)"
+            + (f"; PROBLEM: {'; '.join(found)}" if found else "")
+        )
+
+    with contextlib.ExitStack() as stack:
+        for n in SCALE_INSTANCES:
+            prefix = f"bench-{uuid.uuid4().hex[:8]}"
+            stack.callback(drop, prefix)  # registered before its services: runs after they are stopped
+            storage = ctx.storage(f"scale-{n}")
+            redis_flags = ["--backend", "redis", "--redis-url", ctx.redis_url, "--redis-prefix", prefix]
+            args = service_args(engine, ctx.beam_size, threads_each[n], redis_flags)
+            cases[n] = [
+                stack.enter_context(
+                    ctx.service(
+                        f"scale {n}: instance {k + 1}", args, storage=storage, threads=threads_each[n]
+                    )
+                )
+                for k in range(n)
+            ]
+            flags[n] = cases[n][0].flags
+            if not _warm_up(ctx, cases[n], jobs[0]):
+                res.notes.append(f"{n} instances: not every instance ran a warm-up job (the queue chose).")
+        for rep in range(ctx.repeat):
+            ctx.log(f"  rep {rep + 1}/{ctx.repeat}")
+            _alternate(rep, 0, [partial(run, n, rep) for n in SCALE_INSTANCES])
+
+    base = SCALE_INSTANCES[0]
+    jobs_per_min = {n: ratio(60.0 * len(jobs), median(walls[n])) for n in SCALE_INSTANCES}
+    table = Table(
+        f"{len(jobs)} short clips ({audio_total:.0f} s of audio) on one Redis queue, {cores} cores, "
+        f"{ctx.threads} threads in all (medians of {ctx.repeat})",
+        [
+            "instances",
+            "threads each",
+            "wall s",
+            "jobs / min",
+            "audio s / wall s",
+            f"vs {base} instance",
+            "jobs run by each (all reps)",
+            "job latency p50 s",
+            "job latency max s",
+        ],
+    )
+    cases_data: dict[str, Any] = {}
+    for n in SCALE_INSTANCES:
+        share = [ran_by[n][k] for k in range(n)]
+        lat = latency[n]
+        table.rows.append(
+            [
+                n,
+                threads_each[n],
+                median(walls[n]),
+                jobs_per_min[n],
+                ratio(audio_total, median(walls[n])),
+                ratio(jobs_per_min[n], jobs_per_min[base]),
+                " + ".join(str(c) for c in share),
+                median(lat),
+                max(lat, default=float("nan")),
+            ]
+        )
+        cases_data[str(n)] = {
+            "instances": n,
+            "threads_each": threads_each[n],
+            "flags": flags.get(n),
+            "walls_s": walls[n],
+            "jobs_per_min": jobs_per_min[n],
+            "audio_s_per_wall_s": ratio(audio_total, median(walls[n])),
+            "jobs_run_by_instance": share,
+            "job_latency_p50_s": median(lat),
+            "job_latency_p90_s": percentile(lat, 90),
+            "job_latency_max_s": max(lat, default=float("nan")),
+        }
+        if n > 1 and 0 in share:
+            res.notes.append(f"{n} instances: an instance ran none of the measured jobs; the queue chose.")
+    res.tables.append(table)
+    scale_ratio = ratio(jobs_per_min[SCALE_INSTANCES[-1]], jobs_per_min[base])
+    res.data = {
+        "engine": engine,
+        "jobs": len(jobs),
+        "audio_s": audio_total,
+        "cores": cores,
+        "threads_total": ctx.threads,
+        "cases": cases_data,
+        "ratio_2_over_1": scale_ratio,
+        "redis_keys_removed": sum(dropped.values()),
+    }
+    if problems:
+        res.errors.append("not every job completed exactly once: " + "; ".join(problems[:10]))
+    res.notes.append(
+        f"The issue sets no number for this one. {cores} cores here: the two instances split them, so "
+        "the ratio says what a shared queue and two processes cost or gain on one machine (against one "
+        "instance with --workers 1); scale-out pays where each instance brings its own cores, GPU or machine."
+    )
+    return res
+
+
 SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "cold": cold,
     "overhead": overhead,
@@ -1013,4 +1333,5 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "responsiveness": responsiveness,
     "memory": memory,
     "journal": journal,
+    "scale": scale,
 }
