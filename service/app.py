@@ -107,6 +107,14 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     worker_task: asyncio.Task[None] | None = None
     try:
         await journal.open()
+        if isinstance(journal, RedisJournal):
+            log.info(
+                "jobs and queue in Redis at %s (prefix %s), shared with every instance there; "
+                "this instance is %s",
+                journal.safe_url,
+                journal.prefix,
+                journal.instance_id,
+            )
         requeued, failed = await journal.recover_interrupted(settings.max_attempts)
         if requeued:
             log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))

@@ -455,7 +455,7 @@ class RedisJournal:
         except _DOWN as exc:
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                log.error("Redis at %s is unreachable: %s", self._safe_url, exc)
+                log.error("Redis at %s is unreachable: %s", self.safe_url, exc)
             raise StoreUnavailable(
                 "The job store (Redis) cannot be reached right now; nothing was changed. "
                 "Try again in a few seconds."
@@ -466,7 +466,7 @@ class RedisJournal:
             self._back_at = time.monotonic()
 
     @property
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         """The URL without a password, for logs."""
         head, sep, tail = self.url.rpartition("@")
         return f"{head.split('//')[0]}//***@{tail}" if sep else self.url

@@ -403,3 +403,31 @@ def test_a_stalled_instance_that_comes_back_does_not_complete_the_job_twice(
     assert [p.name for p in (storage / "pending").iterdir() if p.name.startswith("long.")]  # audio kept
     download = requests.get(f"{owner.url}/download/long", timeout=10).text
     assert download.split() == body["transcript"].split()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_an_instance_started_before_redis_waits_for_it(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Start order does not matter (compose restarts, a Redis that comes up late)."""
+    later = PrivateRedis(tmp_path / "redis")
+    cluster = Cluster(tmp_path / "shared", later.url, "svc", server_factory)
+    (server,) = cluster.start(1)  # ready means the model is loaded; Redis is not there yet
+    try:
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["store"] == "unreachable"
+        assert "Redis" in health.json()["error"]
+        later.start()
+        deadline = time.monotonic() + 30
+        while requests.get(f"{server.url}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        clip = ENGLISH_CLIPS[2]
+        assert submit(server, eval_clip(clip), "late").status_code == 202
+        body = wait_status(server, "late", {"completed", "failed"})
+        assert body["status"] == "completed", body
+        assert_transcript_matches(body["transcript"], [clip], "job after Redis came up")
+    finally:
+        if later.proc is not None:
+            later.crash()

@@ -294,3 +294,8 @@ async def test_unreachable_redis_is_a_clear_503() -> None:
         assert not await store.ping()
     finally:
         await store.close()
+
+
+def test_logs_never_show_the_redis_password() -> None:
+    store = RedisJournal("redis://user:s3cret@redis.example:6380/2")
+    assert "s3cret" not in store.safe_url and store.safe_url.endswith("@redis.example:6380/2")
