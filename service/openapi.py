@@ -309,6 +309,11 @@ SCHEMAS: dict[str, Schema] = {
             ),
             "backend": {"type": "string", "enum": ["sqlite", "redis"]},
             "instance": {"type": "string", "description": "With --backend redis: this instance's id."},
+            "instances": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "With --backend redis: instances on the same queue seen alive within a lease.",
+            },
             "store": {
                 "type": "string",
                 "enum": ["ok", "unreachable"],

@@ -325,6 +325,17 @@ end
 return ahead + 1
 """
 
+# ARGV: prefix, instance id, lease_ms. This instance is alive for another lease; returns how
+# many instances are.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = ARGV[1] .. ':instances'
+redis.call('ZADD', key, now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+return redis.call('ZCARD', key)
+"""
+
 _INT_FIELDS = {"seq", "audio_bytes", "attempts", "priority"}
 _FLOAT_FIELDS = {"duration_s", "progress", "created_at", "started_at", "completed_at"}
 _JOB_FIELDS = tuple(Job.__dataclass_fields__)
@@ -437,11 +448,14 @@ class RedisJournal:
                 ("delete_finished", _DELETE_FINISHED),
                 ("progress", _PROGRESS),
                 ("position", _POSITION),
+                ("heartbeat", _HEARTBEAT),
             )
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._down_since: float | None = None
         self._back_at: float | None = None  # when Redis last came back after an outage
+        # Instances on this prefix that renewed their heartbeat within a lease (this one too).
+        self.instances_alive = 0
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -507,6 +521,8 @@ class RedisJournal:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        with contextlib.suppress(RedisError, OSError):  # leaving: no longer counted as alive
+            await self.redis.zrem(self.key("instances"), self.instance_id)
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -523,13 +539,14 @@ class RedisJournal:
 
     async def _renew_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
             try:
+                self.instances_alive = int(await self._script("heartbeat", self.instance_id, self._lease_ms))
                 await self.renew_leases()
             except StoreUnavailable:
                 pass  # logged by the guard; leases are renewed on the next pass
             except RedisError:
                 log.exception("lease renewal failed")
+            await asyncio.sleep(self.lease_s / 3)
 
     async def renew_leases(self) -> None:
         held = dict(self._leases)

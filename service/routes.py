@@ -643,6 +643,7 @@ async def health(request: web.Request) -> web.Response:
     if isinstance(journal, RedisJournal):
         body["instance"] = journal.instance_id
         body["store"] = "unreachable" if store_error else "ok"
+        body["instances"] = journal.instances_alive
     if worker.fatal_error is not None:
         body["error"] = worker.fatal_error
     elif store_error is not None:

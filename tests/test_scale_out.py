@@ -159,6 +159,10 @@ def test_a_burst_is_spread_across_instances_and_each_job_completes_once(
     hook_url, received = webhook_receiver
     cluster = Cluster(tmp_path / "shared", SHARED_REDIS, prefix, server_factory)
     servers = cluster.start(3, ["--no-transcript-cache"])
+    deadline = time.monotonic() + 2 * LEASE_SECONDS
+    while requests.get(f"{servers[0].url}/health", timeout=5).json()["instances"] != 3:
+        assert time.monotonic() < deadline, "the instances never saw each other"
+        time.sleep(0.1)
     clips = [ENGLISH_CLIPS[i % 8] for i in range(12)]
     for i, clip in enumerate(clips):
         server = servers[i % 3]
@@ -226,6 +230,7 @@ def test_an_instance_killed_mid_job_has_its_job_finished_by_another(
     assert_transcript_matches(body["transcript"], LONG_WAV_CLIPS, "job finished after a SIGKILL")
     log = survivor.log()
     assert "requeued 1 job(s) whose instance stopped: long" in log
+    assert requests.get(f"{survivor.url}/health", timeout=5).json()["instances"] == 1
     assert completions(log, "long") == 1 and completions(owner.log(), "long") == 0
 
 
