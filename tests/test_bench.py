@@ -122,10 +122,13 @@ def test_quick_bench_of_scale(tmp_path: Path) -> None:
     assert scale["status"] == "ok" and "Scale-out on one Redis queue" in proc.stdout
     data = scale["data"]
     assert data["jobs"] == 4 and data["cores"] >= 1 and _number(data["ratio_2_over_1"])
-    for n in ("1", "2"):
-        case = data["cases"][n]
+    assert _number(data["ratio_2_over_1_with_2_workers"])
+    for name in ("1x1", "1x2", "2x1"):
+        case = data["cases"][name]
+        n = case["instances"]
         assert case["jobs_per_min"] > 0 and sum(case["jobs_run_by_instance"]) == 4
-        assert case["threads_each"] == max(1, data["threads_total"] // int(n))
+        assert case["threads_each"] == max(1, data["threads_total"] // n)
+        assert len(case["jobs_run_by_instance"]) == n and case["workers_each"] == int(name[-1])
         prefix = case["flags"][case["flags"].index("--redis-prefix") + 1]
         client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         try:
