@@ -762,12 +762,15 @@ class RedisJournal:
         if self._stale.get(job_id) == token:
             del self._stale[job_id]
 
-    async def _end_run(self, job_id: str, action: str, message: str = "", *pairs: str) -> int:
+    async def _end_run(
+        self, job_id: str, action: str, message: str = "", *pairs: str, max_attempts: int | None = None
+    ) -> int:
         token = self._token(job_id)
+        limit = self.max_attempts if max_attempts is None else max_attempts
         try:
             return int(
                 await self._end_write(
-                    "end_run", job_id, token, action, repr(time.time()), self.max_attempts, message, *pairs
+                    "end_run", job_id, token, action, repr(time.time()), limit, message, *pairs
                 )
             )
         finally:
@@ -786,14 +789,7 @@ class RedisJournal:
         await self._end_run(job_id, "release")
 
     async def requeue_crashed(self, job_id: str, max_attempts: int) -> bool:
-        token = self._token(job_id)
-        try:
-            answer = await self._end_write(
-                "end_run", job_id, token, "crashed", repr(time.time()), max_attempts, _CRASHED
-            )
-        finally:
-            self._forget(job_id, token)
-        return int(answer) == 2
+        return await self._end_run(job_id, "crashed", _CRASHED, max_attempts=max_attempts) == 2
 
     async def cancel(self, job_id: str) -> Job | None:
         flat = await self._script("cancel", job_id, repr(time.time()))

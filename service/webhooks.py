@@ -268,7 +268,9 @@ class WebhookDispatcher:
             path = self.layout.transcript_path(delivery.job_id)
             result = await asyncio.get_running_loop().run_in_executor(None, _read_transcript, path)
             if result is None:
-                await self._record(delivery, attempt, GIVEN_UP, None, "the transcript is gone from storage")
+                await self.store.record(
+                    delivery, attempt, GIVEN_UP, None, "the transcript is gone from storage"
+                )
                 log.warning(
                     "job %s: webhook %s given up: the transcript is gone",
                     delivery.job_id,
@@ -307,7 +309,7 @@ class WebhookDispatcher:
             error = f"{type(exc).__name__}: {exc}"
 
         if error is None:
-            await self._record(delivery, attempt, DELIVERED, status, None)
+            await self.store.record(delivery, attempt, DELIVERED, status, None)
             log.info(
                 "job %s: webhook %s delivered (attempt %d, HTTP %s)",
                 delivery.job_id,
@@ -319,7 +321,7 @@ class WebhookDispatcher:
         now = time.time()
         deadline = delivery.job_ended_at + self.settings.webhook_retry_seconds
         if now >= deadline:
-            await self._record(delivery, attempt, GIVEN_UP, status, error)
+            await self.store.record(delivery, attempt, GIVEN_UP, status, error)
             log.warning(
                 "job %s: webhook %s given up after %d attempt(s) over %.0f s: %s",
                 delivery.job_id,
@@ -330,7 +332,7 @@ class WebhookDispatcher:
             )
             return
         retry_at = min(now + backoff_delay(attempt, self.backoff_base, self.backoff_cap), deadline)
-        await self._record(delivery, attempt, PENDING, status, error, retry_at)
+        await self.store.record(delivery, attempt, PENDING, status, error, retry_at)
         log.info(
             "job %s: webhook %s attempt %d failed (%s); next in %.1f s",
             delivery.job_id,
@@ -339,14 +341,3 @@ class WebhookDispatcher:
             error,
             retry_at - now,
         )
-
-    async def _record(
-        self,
-        delivery: Delivery,
-        attempt: int,
-        state: str,
-        status: int | None,
-        error: str | None,
-        retry_at: float | None = None,
-    ) -> None:
-        await self.store.record(delivery, attempt, state, status, error, retry_at)

@@ -112,8 +112,7 @@ class Worker:
         self.started = False
         self._loaded_models: set[str] = set()
         self._wake = asyncio.Event()
-        self._stopping = False
-        self._stopped = asyncio.Event()
+        self._stopped = asyncio.Event()  # set once stop() is called
         self._grace_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set while no job runs
         self._idle.set()
@@ -123,7 +122,7 @@ class Worker:
     def state(self) -> WorkerState:
         if self.fatal_error is not None:
             return WorkerState.ERROR
-        if self._stopping:
+        if self._stopped.is_set():
             return WorkerState.STOPPING
         if not self.started:
             return WorkerState.LOADING_MODEL
@@ -137,7 +136,7 @@ class Worker:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stopped.is_set()
 
     @property
     def current_job(self) -> str | None:
@@ -221,7 +220,7 @@ class Worker:
     async def _drain(self) -> None:
         """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
         backoff = STORE_BACKOFF_SECONDS
-        while not self._stopping:
+        while not self._stopped.is_set():
             if not self.runner.ready:
                 ready = asyncio.ensure_future(self.runner.wait_ready())
                 await asyncio.wait({ready}, timeout=IDLE_POLL_SECONDS)
@@ -249,9 +248,8 @@ class Worker:
 
     async def stop(self) -> None:
         """No new job starts; running ones get the grace period, then are interrupted and requeued."""
-        if self._stopping:
+        if self._stopped.is_set():
             return
-        self._stopping = True
         self._stopped.set()
         self._wake.set()
         self.watch.notify_all()
@@ -324,7 +322,7 @@ class Worker:
             await self.journal.fail(job.job_id, str(exc))
             log.warning("job %s: %s", job.job_id, exc)
         except WorkerCrashed as exc:
-            if self._stopping:  # ended by the stop itself: not the job's fault
+            if self._stopped.is_set():  # ended by the stop itself: not the job's fault
                 await self.journal.release(job.job_id)
                 log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
                 return

@@ -28,7 +28,13 @@ import pytest
 import redis
 import requests
 from conftest import ENGLISH_CLIPS, ServerProcess, eval_clip, free_port
-from test_server_process import LONG_JOB_ARGS, LONG_WAV_CLIPS, assert_transcript_matches, submit
+from test_server_process import (
+    LONG_JOB_ARGS,
+    LONG_WAV_CLIPS,
+    assert_transcript_matches,
+    submit,
+    wait_for_progress,
+)
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 LEASE_SECONDS = 3
@@ -101,6 +107,17 @@ def runner_of(servers: list[ServerProcess], job_id: str, timeout: float = 120.0)
                 return server
         time.sleep(0.05)
     raise AssertionError(f"no instance started {job_id}")
+
+
+def long_job_on_two(
+    make: Callable[..., ServerProcess], storage: Path, prefix: str, long_wav: Path
+) -> tuple[Cluster, ServerProcess, ServerProcess]:
+    """Two instances, the long job uploaded to the first: (cluster, the one running it, the other)."""
+    cluster = Cluster(storage, SHARED_REDIS, prefix, make)
+    servers = cluster.start(2)
+    assert submit(servers[0], long_wav, "long").status_code == 202
+    owner = runner_of(servers, "long")
+    return cluster, owner, next(s for s in servers if s is not owner)
 
 
 def wait_status(
@@ -209,19 +226,8 @@ def test_a_burst_is_spread_across_instances_and_each_job_completes_once(
 def test_an_instance_killed_mid_job_has_its_job_finished_by_another(
     server_factory: Callable[..., ServerProcess], tmp_path: Path, prefix: str, long_wav: Path
 ) -> None:
-    cluster = Cluster(tmp_path / "shared", SHARED_REDIS, prefix, server_factory)
-    servers = cluster.start(2)
-    assert submit(servers[0], long_wav, "long").status_code == 202
-    owner = runner_of(servers, "long")
-    survivor = next(s for s in servers if s is not owner)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # mid-decode, as seen from the other instance
-        body = requests.get(f"{survivor.url}/status/long", timeout=10).json()
-        if body["status"] == "processing" and 0 < body["progress"] < 1:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"never mid-decode: {body}")
+    _, owner, survivor = long_job_on_two(server_factory, tmp_path / "shared", prefix, long_wav)
+    wait_for_progress(survivor, "long", timeout=120)  # mid-decode, as seen from the other instance
     owner.kill()  # SIGKILL: no shutdown code runs; the inference child dies with it
 
     body = wait_status(survivor, "long", {"completed", "failed"}, timeout=600)
@@ -239,11 +245,8 @@ def test_an_instance_killed_mid_job_has_its_job_finished_by_another(
 def test_a_cancel_and_live_progress_cross_instances(
     server_factory: Callable[..., ServerProcess], tmp_path: Path, prefix: str, long_wav: Path
 ) -> None:
-    cluster = Cluster(tmp_path / "shared", SHARED_REDIS, prefix, server_factory)
-    servers = cluster.start(2)
-    assert submit(servers[0], long_wav, "long").status_code == 202
-    owner = runner_of(servers, "long")
-    other = next(s for s in servers if s is not owner)
+    cluster, owner, other = long_job_on_two(server_factory, tmp_path / "shared", prefix, long_wav)
+    servers = cluster.instances
     seen: list[str] = []
     with requests.get(f"{other.url}/events/long", stream=True, timeout=60) as stream:
         lines = stream.iter_lines(decode_unicode=True)
@@ -382,11 +385,7 @@ def test_a_stalled_instance_that_comes_back_does_not_complete_the_job_twice(
     """SIGSTOP freezes the owner's HTTP process past its lease; another instance takes the job
     over; SIGCONT wakes the owner, whose decode went on meanwhile. One result is recorded."""
     storage = tmp_path / "shared"
-    cluster = Cluster(storage, SHARED_REDIS, prefix, server_factory)
-    servers = cluster.start(2)
-    assert submit(servers[0], long_wav, "long").status_code == 202
-    owner = runner_of(servers, "long")
-    other = next(s for s in servers if s is not owner)
+    cluster, owner, other = long_job_on_two(server_factory, storage, prefix, long_wav)
     assert owner.proc is not None
     owner.proc.send_signal(signal.SIGSTOP)
     try:
