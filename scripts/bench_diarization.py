@@ -44,10 +44,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service import audio  # noqa: E402
 from service.diarization import DiarizationOptions, Diarizer, DiarizerConfig, merge_channel_results  # noqa: E402
 from service.diarization.metrics import Span, cut_into_turns, der_breakdown, energy_speech, join_turns  # noqa: E402
 from service.engines.base import DecodeOptions  # noqa: E402
+from service.inference import audio  # noqa: E402
 
 EVAL_DIR = Path(os.environ.get("EVAL_DIR", REPO.parent / "shared" / "eval"))
 READERS = {

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service import auth, metrics, openai_api, retention, routes, storage
-from service.appkeys import (
+from service.api import auth, metrics, openai_compat, routes
+from service.api.keys import (
     CLUSTER,
     ENGINE,
     EVENTS,
@@ -25,22 +25,24 @@ from service.appkeys import (
     WEBHOOKS,
     WORKER,
 )
-from service.cluster import ClusterBus
 from service.engines import create_catalog, create_engine
 from service.engines.base import Engine, ModelCatalog
 from service.errors import ServiceError
-from service.events import JobEvents
-from service.journal import Journal
-from service.models import ModelManager
-from service.process_runner import ProcessRunner
-from service.redis_store import RedisJournal
-from service.runner import Runner, ThreadRunner
+from service.inference.models import ModelManager
+from service.inference.process import ProcessRunner
+from service.inference.runner import Runner, ThreadRunner
+from service.inference.worker import ProgressWriter, Worker
+from service.jobs.events import JobEvents
+from service.jobs.watch import JobWatch
 from service.settings import Settings
-from service.storage import Layout
-from service.store import JobStore
-from service.watch import JobWatch
-from service.webhooks import WebhookDispatcher
-from service.worker import ProgressWriter, Worker
+from service.store import files as storage
+from service.store import retention
+from service.store.base import JobStore
+from service.store.cluster import ClusterBus
+from service.store.files import Layout
+from service.store.redis import RedisJobStore
+from service.store.sqlite import SqliteJobStore
+from service.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,8 @@ def _error(
     exc: BaseException | None = None,
 ) -> web.Response:
     """The service's own error shape, or OpenAI's on the OpenAI-compatible routes."""
-    if openai_api.is_openai_path(request.path):
-        return openai_api.error_response(status, message, headers, exc)
+    if openai_compat.is_openai_path(request.path):
+        return openai_compat.error_response(status, message, headers, exc)
     return error_response(status, message, headers)
 
 
@@ -107,7 +109,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     worker_task: asyncio.Task[None] | None = None
     try:
         await journal.open()
-        if isinstance(journal, RedisJournal):
+        if isinstance(journal, RedisJobStore):
             log.info(
                 "jobs and queue in Redis at %s (prefix %s), shared with every instance there; "
                 "this instance is %s",
@@ -155,14 +157,14 @@ async def _remove_leftovers(journal: JobStore, layout: Layout) -> None:
 
 def create_store(settings: Settings, layout: Layout) -> JobStore:
     if settings.backend == "redis":
-        return RedisJournal(
+        return RedisJobStore(
             settings.redis_url,
             settings.redis_prefix,
             priority_aging_s=settings.priority_aging_seconds,
             lease_s=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
-    return Journal(layout.journal, settings.priority_aging_seconds)
+    return SqliteJobStore(layout.journal, settings.priority_aging_seconds)
 
 
 async def _stop_taking_jobs(app: web.Application) -> None:
@@ -205,7 +207,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[STARTED_AT] = time.time()
     app[WEBHOOKS] = WebhookDispatcher(settings, journal, layout, events)
     app.cleanup_ctx.append(_service_ctx)
-    if isinstance(journal, RedisJournal):
+    if isinstance(journal, RedisJobStore):
         journal.on_lease_lost = worker.lease_lost
         journal.on_reclaimed = worker.jobs_reclaimed
         app[CLUSTER] = ClusterBus(journal, events, app[WATCH], worker.wake, worker.cancel_running)

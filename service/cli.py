@@ -39,7 +39,7 @@ from mcp_tools.client import (
     WaitTimeout,
     check_audio_file,
 )
-from service.jobs import MAX_PRIORITY, MIN_PRIORITY, PRIORITIES, priority_name
+from service.jobs.job import MAX_PRIORITY, MIN_PRIORITY, PRIORITIES, priority_name
 
 URL_ENV = "TRANSCRIPTION_SERVICE_URL"
 DEFAULT_URL = "http://127.0.0.1:8765"

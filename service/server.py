@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from service.api.auth import warn_if_open
+from service.api.keys import WORKER
 from service.app import create_app
-from service.appkeys import WORKER
-from service.auth import warn_if_open
 from service.logs import configure_logging
 from service.settings import Settings, parse_settings
-from service.storage import StorageLocked
+from service.store.files import StorageLocked
 
 log = logging.getLogger("service")
 

@@ -79,7 +79,7 @@ def write_wav(path: Path, pcm: np.ndarray, sample_rate: int = 16_000) -> Path:
 @pytest.fixture(scope="session")
 def long_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 90 s of real speech made by joining eval clips: several decoding windows."""
-    from service import audio
+    from service.inference import audio
 
     names = ["1272-128104-0004-8k.wav", "mfa_acoustic_corpus.wav", *ENGLISH_CLIPS[:7]]
     parts = []

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import eval_clip, reference_text, word_error_rate
 
-from service import audio
 from service.engines.base import DecodeOptions
+from service.inference import audio
 
 CLIP = "sense_and_sensibility_01_austen_64kb-0890.wav"  # 5.3 s of read speech
 

@@ -25,7 +25,7 @@ import requests
 from conftest import REPO, FakeEngine, ServerProcess, eval_clip, reference_text, word_error_rate
 from test_api import ClientFactory
 
-from service import dashboard
+from service.api import dashboard
 from service.app import create_app
 from service.settings import Settings
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from conftest import eval_clip, word_error_rate
 
-from service import audio
 from service.diarization import (
     DiarizationOptions,
     Diarizer,
@@ -37,7 +36,8 @@ from service.diarization.metrics import (
 from service.engines.base import DecodeOptions, Result, Segment, Word
 from service.engines.faster_whisper import FasterWhisperEngine
 from service.errors import BadRequest
-from service.formats import render
+from service.inference import audio
+from service.jobs.formats import render
 
 AUSTEN = [f"sense_and_sensibility_01_austen_64kb-0{n}.wav" for n in (870, 880, 890, 920, 930)]  # one reader
 PICOVOICE = "picovoice_diarization_test.wav"

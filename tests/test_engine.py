@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from conftest import ENGLISH_CLIPS, eval_clip, reference_text, word_error_rate
 
-from service import audio
 from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.errors import BadRequest
-from service.formats import FORMATS, check_format, render
+from service.inference import audio
+from service.jobs.formats import FORMATS, check_format, render
 
 # Per-clip WER bounds: tiny.en, beam 5, measured on this machine (reference words in brackets).
 # Each bound allows one to two more word errors than measured.

@@ -11,12 +11,12 @@ import requests
 from conftest import ENGLISH_CLIPS, ServerProcess, eval_clip, reference_text, word_error_rate
 from test_engine import MEAN_WER_BOUND, WER_BOUNDS, WORDS_CLIP, check_word_timestamps
 
-from service import audio
 from service.cpus import threads_per_worker
 from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.engines.faster_whisper import FasterWhisperEngine
 from service.errors import ModelUnavailable
-from service.formats import render
+from service.inference import audio
+from service.jobs.formats import render
 
 
 @pytest.fixture(scope="module")

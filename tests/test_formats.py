@@ -21,9 +21,10 @@ from aiohttp.test_utils import TestClient
 from conftest import eval_clip, reference_text, word_error_rate
 from test_api import form, wait_status
 
-from service import audio, formats
 from service.app import create_app
 from service.engines.base import DecodeOptions
+from service.inference import audio
+from service.jobs import formats
 from service.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -17,9 +17,9 @@ from conftest import ENGLISH_CLIPS, FakeEngine, ServerProcess, eval_clip, refere
 from test_api import ClientFactory, form, leftover_files, wait_status
 
 from service.app import create_app
-from service.jobs import URGENT, effective_priority, parse_priority
-from service.journal import Journal
+from service.jobs.job import URGENT, effective_priority, parse_priority
 from service.settings import Settings
+from service.store.sqlite import SqliteJobStore
 
 CLIP = eval_clip("LDC93S1.wav")
 Client = TestClient[Any, Any]
@@ -147,7 +147,7 @@ async def test_urgent_overtakes_backlog_fifo_within_level(
 
 
 async def test_ageing_lets_an_old_low_job_overtake_fresh_normal_ones(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "jobs.db", priority_aging_s=1.0)
+    journal = SqliteJobStore(tmp_path / "jobs.db", priority_aging_s=1.0)
     await journal.open()
     try:
         from test_journal import new_job

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs import JobStatus, NewJob, Task
-from service.journal import Journal
-from service.store import JobExists
+from service.jobs.job import JobStatus, NewJob, Task
+from service.store.base import JobExists
+from service.store.sqlite import SqliteJobStore
 
 
 def new_job(job_id: str, priority: int = 0) -> NewJob:
@@ -29,14 +29,14 @@ def new_job(job_id: str, priority: int = 0) -> NewJob:
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> Journal:
-    j = Journal(tmp_path / "jobs.db")
+async def journal(tmp_path: Path) -> SqliteJobStore:
+    j = SqliteJobStore(tmp_path / "jobs.db")
     await j.open()
     yield j  # type: ignore[misc]
     await j.close()
 
 
-async def test_claims_oldest_first_and_counts_attempts(journal: Journal) -> None:
+async def test_claims_oldest_first_and_counts_attempts(journal: SqliteJobStore) -> None:
     for job_id in ("a", "b", "c"):
         await journal.insert(new_job(job_id))
     first = await journal.claim_next()
@@ -50,13 +50,13 @@ async def test_claims_oldest_first_and_counts_attempts(journal: Journal) -> None
     assert await journal.count(JobStatus.QUEUED) == 2
 
 
-async def test_duplicate_id_is_refused(journal: Journal) -> None:
+async def test_duplicate_id_is_refused(journal: SqliteJobStore) -> None:
     await journal.insert(new_job("a"))
     with pytest.raises(JobExists):
         await journal.insert(new_job("a"))
 
 
-async def test_progress_only_moves_while_processing(journal: Journal) -> None:
+async def test_progress_only_moves_while_processing(journal: SqliteJobStore) -> None:
     await journal.insert(new_job("a"))
     await journal.set_progress("a", 0.5)  # queued: ignored
     assert (await journal.get("a")).progress == 0  # type: ignore[union-attr]
@@ -72,7 +72,7 @@ async def test_progress_only_moves_while_processing(journal: Journal) -> None:
 async def test_recovery_requeues_then_fails_past_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     for attempt in (1, 2, 3):
-        journal = Journal(path)
+        journal = SqliteJobStore(path)
         await journal.open()
         if attempt == 1:
             await journal.insert(new_job("poison"))
@@ -84,7 +84,7 @@ async def test_recovery_requeues_then_fails_past_the_limit(tmp_path: Path) -> No
         assert claimed.attempts == attempt
         await journal.close()  # the "crash": closed with the job still processing
 
-    journal = Journal(path)
+    journal = SqliteJobStore(path)
     await journal.open()
     requeued, failed = await journal.recover_interrupted(max_attempts=3)
     assert (requeued, failed) == ([], ["poison"])
@@ -96,7 +96,7 @@ async def test_recovery_requeues_then_fails_past_the_limit(tmp_path: Path) -> No
     await journal.close()
 
 
-async def test_release_refunds_the_attempt(journal: Journal) -> None:
+async def test_release_refunds_the_attempt(journal: SqliteJobStore) -> None:
     await journal.insert(new_job("a"))
     await journal.claim_next()
     await journal.release("a")
@@ -106,19 +106,19 @@ async def test_release_refunds_the_attempt(journal: Journal) -> None:
 
 async def test_journal_is_wal_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    journal = Journal(path)
+    journal = SqliteJobStore(path)
     await journal.open()
     await journal.insert(new_job("kept"))
     await journal.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    reopened = Journal(path)
+    reopened = SqliteJobStore(path)
     await reopened.open()
     assert (await reopened.get("kept")) is not None
     await reopened.close()
 
 
-async def test_loaded_model_jobs_overtake_only_within_patience(journal: Journal) -> None:
+async def test_loaded_model_jobs_overtake_only_within_patience(journal: SqliteJobStore) -> None:
     from dataclasses import replace
 
     await journal.insert(replace(new_job("other-model"), model="base"))
@@ -130,7 +130,7 @@ async def test_loaded_model_jobs_overtake_only_within_patience(journal: Journal)
     assert picked is not None and picked.job_id == "other-model"
 
 
-async def test_crash_requeues_until_the_limit_then_fails(journal: Journal) -> None:
+async def test_crash_requeues_until_the_limit_then_fails(journal: SqliteJobStore) -> None:
     await journal.insert(new_job("p"))
     for attempt in (1, 2):
         claimed = await journal.claim_next()
@@ -159,7 +159,7 @@ async def test_journal_from_before_the_note_column_gains_it(tmp_path: Path) -> N
             "INSERT INTO jobs (job_id, status, audio_file, audio_sha256, audio_bytes, model, task, "
             "created_at) VALUES ('old', 'queued', 'old.wav', 'x', 1, 'tiny.en', 'transcribe', 1.0)"
         )
-    journal = Journal(path)
+    journal = SqliteJobStore(path)
     await journal.open()
     try:
         job = await journal.get("old")

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient
 from conftest import eval_clip, reference_text, word_error_rate, write_wav
 from test_api import form, leftover_files, wait_status
 
-from service import audio
 from service.app import create_app
 from service.engines.base import DecodeOptions
 from service.engines.bundled import assembled_ct2_dir, is_bundled
+from service.inference import audio
 from service.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -67,10 +67,10 @@ def test_flags_and_environment() -> None:
 
 def test_text_format_is_unchanged_and_names_the_job(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure_logging(Settings())
-    worker_log = logging.getLogger("service.worker")
+    worker_log = logging.getLogger("service.inference.worker")
     worker_log.info("job %s: started (attempt %d, model %s)", "a1", 1, "tiny.en")
     with logs.job_context("a1"):
-        logging.getLogger("service.models").info("model tiny.en loaded in 0.5 s")
+        logging.getLogger("service.inference.models").info("model tiny.en loaded in 0.5 s")
     logging.getLogger("service").debug("not shown at INFO")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines
@@ -84,7 +84,7 @@ def test_text_format_is_unchanged_and_names_the_job(capsys: pytest.CaptureFixtur
 
 def test_json_lines_carry_job_id_extra_fields_and_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure_logging(Settings(log_format="json", log_level="DEBUG"))
-    log = logging.getLogger("service.worker")
+    log = logging.getLogger("service.inference.worker")
     log.info("job %s: accepted", "j1", extra={"job_id": "j1", "bytes": 1234})
     with logs.job_context("j2"):
         try:
@@ -94,7 +94,7 @@ def test_json_lines_carry_job_id_extra_fields_and_tracebacks(capsys: pytest.Capt
     log.debug("plain line")
     first, second, third = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert first["message"] == "job j1: accepted" and first["job_id"] == "j1" and first["bytes"] == 1234
-    assert (first["level"], first["logger"]) == ("INFO", "service.worker")
+    assert (first["level"], first["logger"]) == ("INFO", "service.inference.worker")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
     stamp = datetime.fromisoformat(first["ts"].replace("Z", "+00:00"))
     assert abs(stamp.timestamp() - time.time()) < 60 and stamp.utcoffset() == timedelta(0)
@@ -108,7 +108,7 @@ def test_inference_process_records_reach_the_servers_handlers(capsys: pytest.Cap
     settings = Settings(log_format="json")
     sent: list[bytes] = []
     logs.forward_to_parent(settings, lambda record: sent.append(pickle.dumps(record)))
-    child_log = logging.getLogger("service.models")
+    child_log = logging.getLogger("service.inference.models")
     with logs.job_context("c1"):
         child_log.info("model %s loaded", "tiny.en")
         try:
@@ -122,7 +122,11 @@ def test_inference_process_records_reach_the_servers_handlers(capsys: pytest.Cap
         logs.handle_forwarded(pickle.loads(raw))
     loaded, failed = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert loaded["message"] == "model tiny.en loaded"
-    assert (loaded["job_id"], loaded["source"], loaded["logger"]) == ("c1", "inference", "service.models")
+    assert (loaded["job_id"], loaded["source"], loaded["logger"]) == (
+        "c1",
+        "inference",
+        "service.inference.models",
+    )
     assert failed["job_id"] == "c1" and "KeyError: 'missing'" in failed["exc"]
 
     logs.configure_logging(Settings())
@@ -139,8 +143,8 @@ def test_a_broken_pipe_falls_back_to_stderr(capsys: pytest.CaptureFixture[str]) 
         raise OSError("the pipe is closed")
 
     logs.forward_to_parent(Settings(), closed)
-    logging.getLogger("service.process_runner").warning("still heard")
-    assert capsys.readouterr().err.rstrip().endswith("service.process_runner[inference]: still heard")
+    logging.getLogger("service.inference.process").warning("still heard")
+    assert capsys.readouterr().err.rstrip().endswith("service.inference.process[inference]: still heard")
 
 
 def test_log_file_rotates_at_its_size(tmp_path: Path) -> None:
@@ -149,7 +153,7 @@ def test_log_file_rotates_at_its_size(tmp_path: Path) -> None:
     assert isinstance(handler, logging.handlers.RotatingFileHandler)
     assert handler.maxBytes == 1024 * 1024 and handler.backupCount == 2
     handler.maxBytes = 500  # a tiny limit, so a few lines pass it
-    log = logging.getLogger("service.worker")
+    log = logging.getLogger("service.inference.worker")
     for n in range(40):
         log.info("job %s: line %d %s", f"r{n}", n, "x" * 40, extra={"job_id": f"r{n}"})
     handler.flush()

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 from conftest import FakeEngine, ServerProcess, eval_clip, reference_text, word_error_rate
 from test_api import ClientFactory, form
 
+from service.api.keys import WATCH, WORKER
 from service.app import create_app
-from service.appkeys import WATCH, WORKER
 from service.settings import Settings
 
 

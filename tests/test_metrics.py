@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_api import ClientFactory, form, wait_status
 from test_job_control import _unique_wav
 
-from service import audio
+from service.api.keys import WORKER
 from service.app import create_app
-from service.appkeys import WORKER
+from service.inference import audio
 from service.settings import Settings
 
 CLIP = eval_clip("LDC93S1.wav")

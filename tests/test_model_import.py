@@ -24,7 +24,6 @@ from conftest import ENGLISH_CLIPS, eval_clip
 from whisper.model import ModelDimensions, Whisper
 from whisper.normalizers import EnglishTextNormalizer
 
-from service import audio
 from service.engines import openai_whisper
 from service.engines.base import DecodeOptions
 from service.engines.ct2_import import (
@@ -37,6 +36,7 @@ from service.engines.ct2_import import (
 )
 from service.engines.openai_whisper import OpenAIWhisperEngine
 from service.errors import ModelUnavailable
+from service.inference import audio
 
 TINY_EN_DIMS = {
     "n_mels": 80,

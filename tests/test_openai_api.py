@@ -29,9 +29,9 @@ from conftest import (
 )
 from test_api import ClientFactory, form, leftover_files, wait_status
 
-from service import audio
 from service.app import create_app
 from service.engines.base import DecodeOptions, Result
+from service.inference import audio
 from service.settings import Settings
 
 SHORT = "LDC93S1.wav"
@@ -331,7 +331,7 @@ async def test_waits_past_a_minute_and_answers_when_the_job_ends(
     """The request outlasts several long-poll steps (shortened here) and sees the job's end."""
     import asyncio
 
-    from service import routes
+    from service.api import routes
 
     monkeypatch.setattr(routes, "MAX_WAIT_SECONDS", 0.2)
     engine = FakeEngine()

@@ -28,10 +28,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from test_api import ClientFactory, leftover_files
 
-from service import auth, dashboard, openai_api, openapi
+from service.api import auth, dashboard, openai_compat, openapi
 from service.app import create_app
-from service.formats import FORMATS
-from service.jobs import Job, Task
+from service.jobs.formats import FORMATS
+from service.jobs.job import Job, Task
 from service.settings import Settings
 
 # Streams run until the job ends, and the WebSocket route only makes sense as an upgrade:
@@ -101,7 +101,7 @@ def test_document_is_well_formed() -> None:
                 assert response["description"], (method, path, code)
                 if int(code) >= 400 and (path, code) != ("/health", "503"):  # 503: Health, as 200
                     schema = response["content"]["application/json"]["schema"]
-                    expected = "OpenAIError" if openai_api.is_openai_path(path) else "Error"
+                    expected = "OpenAIError" if openai_compat.is_openai_path(path) else "Error"
                     assert schema == {"$ref": f"#/components/schemas/{expected}"}, (method, path, code)
             # Open without a token exactly where the token check lets requests through.
             concrete = path.replace("{name}", "dashboard.js")
@@ -114,7 +114,7 @@ def test_document_is_well_formed() -> None:
 
 
 def test_upload_documents_every_form_field() -> None:
-    from service.routes import _TEXT_FIELDS
+    from service.api.routes import _TEXT_FIELDS
 
     form = openapi.PATHS["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert set(form["schema"]["properties"]) == {"file", *_TEXT_FIELDS}
@@ -128,8 +128,8 @@ def test_upload_documents_every_form_field() -> None:
 def test_openai_upload_documents_every_form_field(path: str) -> None:
     post = openapi.PATHS[path]["post"]
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"file", *openai_api._FIELDS}
-    assert form["properties"]["response_format"]["enum"] == list(openai_api.RESPONSE_FORMATS)
+    assert set(form["properties"]) == {"file", *openai_compat._FIELDS}
+    assert form["properties"]["response_format"]["enum"] == list(openai_compat.RESPONSE_FORMATS)
     responses = post["responses"]
     assert {"200", "400", "401", "409", "413", "415", "429", "500", "503", "504"} <= set(responses)
     assert {"X-Job-Id", "X-Model"} <= set(responses["200"]["headers"])
@@ -138,8 +138,8 @@ def test_openai_upload_documents_every_form_field(path: str) -> None:
     content = responses["200"]["content"]
     result = {"text": "hi", "segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": "hi"}]}
     job = cast(Job, SimpleNamespace(job_id="oai-x", task=Task.TRANSCRIBE))  # render reads only these
-    for fmt in openai_api.RESPONSE_FORMATS:
-        _, content_type = openai_api.render(result, fmt, job)
+    for fmt in openai_compat.RESPONSE_FORMATS:
+        _, content_type = openai_compat.render(result, fmt, job)
         assert content_type.split(";")[0] in content, fmt
 
 
@@ -350,7 +350,7 @@ def test_live_known_job_conforms_to_the_document(live: Live) -> None:
     missing = {"model": "no-such-model"}
     assert _validate(loaded, "GET", "/v1/models/{model}", path_parameters=missing).status_code == 404
     clip = CLIP.read_bytes()[:-2] + b"\2\2"
-    for fmt in openai_api.RESPONSE_FORMATS:
+    for fmt in openai_compat.RESPONSE_FORMATS:
         body = {"file": clip, "model": "whisper-1", "response_format": fmt}
         if fmt == "verbose_json":
             body["timestamp_granularities[]"] = ["word"]

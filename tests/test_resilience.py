@@ -30,12 +30,12 @@ from test_server_process import (
     wait_for_progress,
 )
 
+from service.api.keys import WORKER
 from service.app import create_app
-from service.appkeys import WORKER
 from service.engines.bundled import bundled_ct2_dir
 from service.engines.ct2_import import cached_import
 from service.engines.openai_whisper import OpenAIWhisperEngine
-from service.models import ModelManager
+from service.inference.models import ModelManager
 from service.settings import Settings
 
 SHORT = "sense_and_sensibility_01_austen_64kb-0890.wav"

@@ -25,7 +25,7 @@ BUILD_APP = """
 import sys
 from service.settings import parse_settings
 from service.app import create_app
-from service.appkeys import ENGINE
+from service.api.keys import ENGINE
 
 app = create_app(parse_settings(["--storage-dir", sys.argv[1], "--engine", sys.argv[2]]))
 catalog = app[ENGINE]
@@ -42,7 +42,7 @@ assert not heavy, f"the HTTP process imported {heavy}"
 # whisper's tables and writers, loaded without whisper/__init__.py, match whisper's own.
 SAME_AS_WHISPER = """
 import sys
-from service import whisper_light as light
+from service.engines import whisper_tables as light
 
 assert "whisper" not in sys.modules
 import whisper

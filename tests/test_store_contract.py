@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from service.errors import StoreUnavailable
-from service.jobs import JobStatus, NewJob, Task
-from service.journal import Journal
-from service.redis_store import RedisJournal
-from service.store import JobExists, JobStore
+from service.jobs.job import JobStatus, NewJob, Task
+from service.store.base import JobExists, JobStore
+from service.store.redis import RedisJobStore
+from service.store.sqlite import SqliteJobStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -39,8 +39,8 @@ def new_job(job_id: str, priority: int = 0, model: str = "tiny.en", cache_key: s
     )
 
 
-def redis_store(prefix: str, **kwargs: float) -> RedisJournal:
-    return RedisJournal(REDIS_URL, prefix, **kwargs)  # type: ignore[arg-type]
+def redis_store(prefix: str, **kwargs: float) -> RedisJobStore:
+    return RedisJobStore(REDIS_URL, prefix, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -52,12 +52,12 @@ def prefix() -> str:
 async def store(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> AsyncIterator[JobStore]:
     s: JobStore
     if request.param == "sqlite":
-        s = Journal(tmp_path / "jobs.db", priority_aging_s=60.0)
+        s = SqliteJobStore(tmp_path / "jobs.db", priority_aging_s=60.0)
     else:
         s = redis_store(prefix, priority_aging_s=60.0)
     await s.open()
     yield s
-    if isinstance(s, RedisJournal):
+    if isinstance(s, RedisJobStore):
         await s.clear()
     await s.close()
 
@@ -190,7 +190,7 @@ async def test_loaded_model_overtakes_only_within_patience(store: JobStore) -> N
 
 
 @pytest.fixture
-async def two_instances(prefix: str) -> AsyncIterator[tuple[RedisJournal, RedisJournal]]:
+async def two_instances(prefix: str) -> AsyncIterator[tuple[RedisJobStore, RedisJobStore]]:
     a = redis_store(prefix, lease_s=0.6)
     b = redis_store(prefix, lease_s=0.6)
     a.instance_id, b.instance_id = "instance-a", "instance-b"
@@ -201,7 +201,7 @@ async def two_instances(prefix: str) -> AsyncIterator[tuple[RedisJournal, RedisJ
 
 
 async def test_expired_lease_is_reclaimed_and_only_the_holder_completes(
-    two_instances: tuple[RedisJournal, RedisJournal],
+    two_instances: tuple[RedisJobStore, RedisJobStore],
 ) -> None:
     a, b = two_instances
     await a.insert(new_job("x"))
@@ -224,7 +224,7 @@ async def test_expired_lease_is_reclaimed_and_only_the_holder_completes(
 
 
 async def test_renewal_keeps_a_lease_and_reports_a_cancel(
-    two_instances: tuple[RedisJournal, RedisJournal],
+    two_instances: tuple[RedisJobStore, RedisJobStore],
 ) -> None:
     a, b = two_instances
     await a.insert(new_job("x"))
@@ -262,7 +262,7 @@ async def test_concurrent_claims_hand_each_job_out_once(prefix: str) -> None:
         for i in range(30):
             await stores[0].insert(new_job(f"j{i:02d}"))
 
-        async def drain(s: RedisJournal) -> list[str]:
+        async def drain(s: RedisJobStore) -> list[str]:
             got = []
             while (job := await s.claim_next()) is not None:
                 got.append(job.job_id)
@@ -278,7 +278,7 @@ async def test_concurrent_claims_hand_each_job_out_once(prefix: str) -> None:
 
 
 async def test_unreachable_redis_is_a_clear_503() -> None:
-    store = RedisJournal("redis://127.0.0.1:1/0", "nowhere")
+    store = RedisJobStore("redis://127.0.0.1:1/0", "nowhere")
     store.end_write_retry_s = 0.5
     try:
         with pytest.raises(StoreUnavailable) as info:
@@ -297,5 +297,5 @@ async def test_unreachable_redis_is_a_clear_503() -> None:
 
 
 def test_logs_never_show_the_redis_password() -> None:
-    store = RedisJournal("redis://user:s3cret@redis.example:6380/2")
+    store = RedisJobStore("redis://user:s3cret@redis.example:6380/2")
     assert "s3cret" not in store.safe_url and store.safe_url.endswith("@redis.example:6380/2")

@@ -23,15 +23,15 @@ from aiohttp import FormData, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 from conftest import FakeEngine, ServerProcess, wait_for_status, write_wav
 
-from service import audio
+from service.api.keys import WORKER
+from service.api.streams import STREAMS
 from service.app import create_app
-from service.appkeys import WORKER
 from service.engines.base import DecodeOptions
-from service.jobs import JobOptions
-from service.models import ModelManager
-from service.runner import TranscribeRequest, execute
+from service.inference import audio
+from service.inference.models import ModelManager
+from service.inference.runner import TranscribeRequest, execute
+from service.jobs.job import JobOptions
 from service.settings import Settings
-from service.streams import STREAMS
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Message = dict[str, Any]  # {"type", "data", "id"?}, as the WebSocket sends them

@@ -24,13 +24,13 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service import events as ev
 from service.errors import StoreUnavailable
-from service.events import JobEvents
-from service.journal import Journal
+from service.jobs import events as ev
+from service.jobs.events import JobEvents
 from service.settings import Settings
-from service.storage import Layout
-from service.webhook_store import (
+from service.store.files import Layout
+from service.store.sqlite import SqliteJobStore
+from service.webhooks.deliveries import (
     DELIVERED,
     GIVEN_UP,
     PENDING,
@@ -38,7 +38,7 @@ from service.webhook_store import (
     SqliteDeliveryStore,
     delivery_store_for,
 )
-from service.webhooks import WebhookDispatcher
+from service.webhooks.dispatcher import WebhookDispatcher
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 LEASE = 0.5  # claim lease of the stores under test (seconds)
@@ -126,7 +126,7 @@ async def keys_of(jobs: Jobs) -> list[str]:
 async def test_the_store_follows_the_job_store(
     tmp_path: Path, settings: Settings, instances: Callable[[], Jobs]
 ) -> None:
-    assert isinstance(delivery_store_for(Journal(tmp_path / "jobs.db")), SqliteDeliveryStore)
+    assert isinstance(delivery_store_for(SqliteJobStore(tmp_path / "jobs.db")), SqliteDeliveryStore)
     jobs = instances()
     store = delivery_store_for(jobs)
     assert isinstance(store, RedisDeliveryStore) and store.redis is jobs.redis

@@ -26,8 +26,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import FakeEngine, eval_clip, free_port, reference_text, word_error_rate
 
 from service import __version__
+from service.api.keys import WEBHOOKS
 from service.app import create_app
-from service.appkeys import WEBHOOKS
 from service.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -189,7 +189,7 @@ async def test_completed_job_posts_one_signed_delivery(
 
 
 async def test_tampered_body_fails_the_documented_check() -> None:
-    from service.webhooks import sign
+    from service.webhooks.dispatcher import sign
 
     raw, timestamp = b'{"event":"job.completed"}', int(time.time())
     headers = {"X-Webhook-Timestamp": str(timestamp), "X-Webhook-Signature": sign(SECRET, timestamp, raw)}

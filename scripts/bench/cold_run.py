@@ -21,7 +21,7 @@ def main() -> int:
     import torch
     import whisper
 
-    from service.audio import decode
+    from service.inference.audio import decode
 
     imported = time.perf_counter()
     model = whisper.load_model(checkpoint, device="cpu")

@@ -58,7 +58,7 @@ class Clip:
 
     @functools.cached_property
     def pcm(self) -> np.ndarray:
-        from service import audio
+        from service.inference import audio
 
         return audio.decode(self.path)
 
@@ -70,7 +70,7 @@ def load_clip(name: str) -> Clip:
         raise FileNotFoundError(f"evaluation clip {path} is missing; set EVAL_DIR to the shared/eval folder")
     ref_path = path.with_suffix(".txt")
     reference = ref_path.read_text(encoding="utf-8") if ref_path.is_file() else None
-    from service import audio
+    from service.inference import audio
 
     pcm = audio.decode(path)
     clip = Clip(name=name, path=path, duration_s=len(pcm) / SAMPLE_RATE, reference=reference)

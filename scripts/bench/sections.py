@@ -254,7 +254,7 @@ def _run_service(client: Client, clip: Clip, runs: dict[str, list[EndToEnd]]) ->
 
 def _run_inprocess(baseline: Transcriber, clip: Clip, runs: dict[str, list[dict[str, Any]]]) -> None:
     """What a program holding the model does with a file: decode it, transcribe it."""
-    from service import audio
+    from service.inference import audio
 
     started = time.perf_counter()
     pcm = audio.decode(clip.path)
@@ -552,7 +552,7 @@ def burst(ctx: Context) -> SectionResult:
         "transcribe each). Throughput is audio seconds per wall second, from the first upload to the "
         "last download. Target: the service's best configuration >= 1.5x the sequential figure.",
     )
-    from service import audio
+    from service.inference import audio
 
     sequential = ServiceEngine(f"{engine} in-process, sequential", ctx.args(engine), ctx.inprocess_storage())
     variants = (
@@ -864,19 +864,19 @@ def memory(ctx: Context) -> SectionResult:
 def fill_journal(storage_dir: Path, count: int) -> float:
     """`count` completed jobs with transcripts, as if uploaded long ago. Returns the seconds it took.
 
-    The schema comes from the service's own Journal; rows are NewJob records bulk-inserted in
+    The schema comes from the service's own SQLite store; rows are NewJob records bulk-inserted in
     one transaction (10,000 single commits at synchronous=FULL would take minutes of fsyncs).
     """
-    from service.jobs import JobStatus, NewJob, Task
-    from service.journal import Journal
-    from service.storage import Layout
+    from service.jobs.job import JobStatus, NewJob, Task
+    from service.store.files import Layout
+    from service.store.sqlite import SqliteJobStore
 
     started = time.perf_counter()
     layout = Layout(storage_dir)
     layout.create()
 
     async def create_schema() -> None:
-        journal = Journal(layout.journal)
+        journal = SqliteJobStore(layout.journal)
         await journal.open()
         await journal.close()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from service.cpus import threads_per_worker
 from service.engines.base import Engine, ModelCatalog
 from service.settings import Settings
-from service.storage import Layout
+from service.store.files import Layout
 
 
 def create_engine(settings: Settings, models_dir: Path | None = None) -> Engine:

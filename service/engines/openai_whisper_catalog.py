@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service import whisper_light
+from service.engines import whisper_tables
 from service.engines.bundled import is_bundled
 from service.errors import ModelUnavailable
 
@@ -74,12 +74,12 @@ class OpenAIWhisperCatalog:
         self.device = torch_device(device)
 
     def check_model_name(self, name: str) -> None:
-        if name in whisper_light.available_models():
+        if name in whisper_tables.available_models():
             return
         if name.endswith(".pt") and os.path.isfile(name):
             return
         raise ModelUnavailable(
-            f"Unknown model {name!r}. Use one of: {', '.join(whisper_light.available_models())}, "
+            f"Unknown model {name!r}. Use one of: {', '.join(whisper_tables.available_models())}, "
             "or start the service with --model pointing at a .pt checkpoint."
         )
 
@@ -89,7 +89,7 @@ class OpenAIWhisperCatalog:
     def list_models(self) -> list[dict[str, Any]]:
         """Every name this engine knows, and whether it can load without the network."""
         out = []
-        for name, url in whisper_light.model_urls().items():
+        for name, url in whisper_tables.model_urls().items():
             bundled = is_bundled(name)
             on_disk = (self.models_dir / os.path.basename(url)).is_file() or any(
                 self.models_dir.glob(f"{name}-*.pt")

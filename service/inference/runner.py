@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from service import audio
 from service.diarization import DiarizationOptions, Diarizer, merge_channel_results
 from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
-from service.jobs import JobOptions
-from service.models import ModelManager
+from service.inference import audio
+from service.inference.models import ModelManager
+from service.jobs.job import JobOptions
 
 ProgressSink = Callable[[str, float], None]
 # Each decoded segment, as a dict (the shape /download's json has), for live streams.

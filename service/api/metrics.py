@@ -24,12 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from service import __version__
-from service import events as ev
-from service.appkeys import ENGINE, EVENTS, JOURNAL, SETTINGS, STARTED_AT, WORKER
-from service.events import JobEvent
-from service.jobs import JobStatus
-from service.process_runner import ProcessRunner
-from service.store import JobStore
+from service.api.keys import ENGINE, EVENTS, JOURNAL, SETTINGS, STARTED_AT, WORKER
+from service.inference.process import ProcessRunner
+from service.jobs import events as ev
+from service.jobs.events import JobEvent
+from service.jobs.job import JobStatus
+from service.store.base import JobStore
 
 log = logging.getLogger(__name__)
 

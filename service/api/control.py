@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from service.appkeys import CLUSTER, JOURNAL, LAYOUT, SETTINGS, SUBMIT_LOCK, WATCH, WORKER
+from service.api.keys import CLUSTER, JOURNAL, LAYOUT, SETTINGS, SUBMIT_LOCK, WATCH, WORKER
 from service.errors import BadRequest, JobFinished, JobNotFound, QueueFull
-from service.jobs import JOB_ID_PATTERN, Job, JobStatus, iso_time, priority_name
+from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus, iso_time, priority_name
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service import events as ev
-from service.events import JobEvent, JobEvents
-from service.redis_store import RedisJournal
-from service.watch import JobWatch
+from service.jobs import events as ev
+from service.jobs.events import JobEvent, JobEvents
+from service.jobs.watch import JobWatch
+from service.store.redis import RedisJobStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ClusterBus:
 
     def __init__(
         self,
-        store: RedisJournal,
+        store: RedisJobStore,
         events: JobEvents,
         watch: JobWatch,
         wake: Callable[[], None],

@@ -27,13 +27,13 @@ import aiohttp
 from aiohttp import web
 
 from service import __version__, logs
-from service import events as ev
 from service.errors import BadRequest, StoreUnavailable
-from service.events import JobEvent, JobEvents
-from service.jobs import JobStatus
+from service.jobs import events as ev
+from service.jobs.events import JobEvent, JobEvents
+from service.jobs.job import JobStatus
 from service.settings import Settings
-from service.storage import Layout
-from service.webhook_store import (
+from service.store.files import Layout
+from service.webhooks.deliveries import (
     CLAIM_MARGIN_SECONDS,
     DELIVERED,
     GIVEN_UP,

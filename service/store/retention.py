@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from service.appkeys import EVENTS, JOURNAL, LAYOUT, SETTINGS
-from service.events import JobEvents
-from service.storage import Layout
-from service.store import JobStore
+from service.api.keys import EVENTS, JOURNAL, LAYOUT, SETTINGS
+from service.jobs.events import JobEvents
+from service.store.base import JobStore
+from service.store.files import Layout
 
 log = logging.getLogger(__name__)
 

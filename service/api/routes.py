@@ -18,9 +18,9 @@ import aiofiles
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from service import __version__, audio, cache, control, dashboard, formats, storage, streams
-from service import events as ev
-from service.appkeys import (
+from service import __version__
+from service.api import control, dashboard, streams
+from service.api.keys import (
     ENGINE,
     EVENTS,
     JOURNAL,
@@ -31,6 +31,7 @@ from service.appkeys import (
     WATCH,
     WORKER,
 )
+from service.engines.whisper_tables import LANGUAGES, TO_LANGUAGE_CODE
 from service.errors import (
     BadRequest,
     InvalidAudio,
@@ -40,12 +41,24 @@ from service.errors import (
     StoreUnavailable,
     TranscriptNotReady,
 )
-from service.jobs import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, iso_time, parse_priority
-from service.redis_store import RedisJournal
-from service.storage import ReceivedUpload
-from service.store import JobExists
-from service.webhooks import check_callback_url
-from service.whisper_light import LANGUAGES, TO_LANGUAGE_CODE
+from service.inference import audio
+from service.jobs import cache, formats
+from service.jobs import events as ev
+from service.jobs.job import (
+    JOB_ID_PATTERN,
+    Job,
+    JobOptions,
+    JobStatus,
+    NewJob,
+    Task,
+    iso_time,
+    parse_priority,
+)
+from service.store import files as storage
+from service.store.base import JobExists
+from service.store.files import ReceivedUpload
+from service.store.redis import RedisJobStore
+from service.webhooks.dispatcher import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -640,7 +653,7 @@ async def health(request: web.Request) -> web.Response:
         "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
         "version": __version__,
     }
-    if isinstance(journal, RedisJournal):
+    if isinstance(journal, RedisJobStore):
         body["instance"] = journal.instance_id
         body["store"] = "unreachable" if store_error else "ok"
         body["instances"] = journal.instances_alive
@@ -706,7 +719,7 @@ def setup_routes(app: web.Application) -> None:
     streams.setup_stream_routes(app)
     dashboard.setup_dashboard_routes(app)
     # Both build on this module (openai_api on its upload path, openapi on openai_api's names).
-    from service import openai_api, openapi
+    from service.api import openai_compat, openapi
 
-    openai_api.setup_openai_routes(app)
+    openai_compat.setup_openai_routes(app)
     openapi.setup_openapi_routes(app)

@@ -15,8 +15,15 @@ import json
 import re
 from typing import Any
 
+from service.engines.whisper_tables import (
+    ResultWriter,
+    WriteSRT,
+    WriteTSV,
+    WriteTXT,
+    WriteVTT,
+    format_timestamp,
+)
 from service.errors import BadRequest
-from service.whisper_light import ResultWriter, WriteSRT, WriteTSV, WriteTXT, WriteVTT, format_timestamp
 
 # format -> (content type, whisper writer class, or None for the formats rendered here)
 FORMATS: dict[str, tuple[str, type[ResultWriter] | None]] = {

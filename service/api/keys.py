@@ -6,15 +6,15 @@ import asyncio
 
 from aiohttp import web
 
-from service.cluster import ClusterBus
 from service.engines.base import ModelCatalog
-from service.events import JobEvents
+from service.inference.worker import Worker
+from service.jobs.events import JobEvents
+from service.jobs.watch import JobWatch
 from service.settings import Settings
-from service.storage import Layout
-from service.store import JobStore
-from service.watch import JobWatch
-from service.webhooks import WebhookDispatcher
-from service.worker import Worker
+from service.store.base import JobStore
+from service.store.cluster import ClusterBus
+from service.store.files import Layout
+from service.webhooks.dispatcher import WebhookDispatcher
 
 SETTINGS = web.AppKey("settings", Settings)
 LAYOUT = web.AppKey("layout", Layout)

@@ -45,8 +45,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import StoreUnavailable
-from service.jobs import URGENT, Job, JobOptions, JobStatus, NewJob, Task, effective_priority
-from service.store import JobExists
+from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task, effective_priority
+from service.store.base import JobExists
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def _new_job_fields(new: NewJob) -> list[str]:
     return flat
 
 
-class RedisJournal:
+class RedisJobStore:
     """The `JobStore` on Redis. Holds this instance's leases and renews them in the background.
 
     `on_lease_lost(job_id, reason)` is called (on the event loop) when a running job's lease

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from service.jobs import JobOptions, Task
+from service.jobs.job import JobOptions, Task
 from service.settings import Settings
 
 # Bump when a change to decoding makes earlier transcripts unfit to reuse.

@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import StoreUnavailable
-from service.jobs import JobStatus, iso_time
+from service.jobs.job import JobStatus, iso_time
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ class DeliveryStore(Protocol):
 
 
 class SqlJournal(Protocol):
-    """What the SQLite store needs of service.journal.Journal."""
+    """What the SQLite store needs of service.journal.SqliteJobStore."""
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 

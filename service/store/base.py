@@ -1,7 +1,7 @@
 """The job store seam: what the rest of the service needs from wherever job state lives.
 
-Two implementations: `journal.Journal` (SQLite in the storage directory, one instance) and
-`redis_store.RedisJournal` (Redis, shared by many instances). Handlers, the worker and the
+Two implementations: `journal.SqliteJobStore` (SQLite in the storage directory, one instance) and
+`redis_store.RedisJobStore` (Redis, shared by many instances). Handlers, the worker and the
 background loops only ever see this protocol.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from service.jobs import Job, JobStatus, NewJob
+from service.jobs.job import Job, JobStatus, NewJob
 
 
 class JobStore(Protocol):

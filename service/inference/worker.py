@@ -13,17 +13,17 @@ import logging
 import time
 from enum import StrEnum
 
-from service import events as ev
 from service import logs
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
-from service.events import JobEvents
-from service.jobs import Job, JobStatus
-from service.runner import Runner, TranscribeRequest, WorkerCrashed
+from service.inference.runner import Runner, TranscribeRequest, WorkerCrashed
+from service.jobs import events as ev
+from service.jobs.events import JobEvents
+from service.jobs.job import Job, JobStatus
+from service.jobs.watch import JobWatch
 from service.settings import Settings
-from service.storage import Layout, write_json_atomic
-from service.store import JobStore
-from service.watch import JobWatch
+from service.store.base import JobStore
+from service.store.files import Layout, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from service import logs
 from service.engines.base import JobInterrupted, Result
-from service.runner import (
+from service.inference.runner import (
     ProgressSink,
     SegmentSink,
     TranscribeRequest,
@@ -80,7 +80,7 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
     # The server writes this process's log lines, in its format, to its stderr or log file.
     logs.forward_to_parent(settings, lambda record: send(("log", record)))
     from service.engines import create_engine
-    from service.models import ModelManager
+    from service.inference.models import ModelManager
 
     engine = create_engine(settings, Path(models_dir))
     manager = ModelManager.for_settings(engine, settings)

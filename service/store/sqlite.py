@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.jobs import URGENT, Job, JobOptions, JobStatus, NewJob, Task
-from service.store import JobExists
+from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task
+from service.store.base import JobExists
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ def _requeue_or_fail(conn: sqlite3.Connection, job_id: str, attempts: int, limit
     return False
 
 
-class Journal:
+class SqliteJobStore:
     """Async facade over the SQLite journal: the single-instance `JobStore`."""
 
     shared = False

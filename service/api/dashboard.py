@@ -1,4 +1,4 @@
-"""The web dashboard: `GET /` and its assets under `/static/`, plain files from service/dashboard/.
+"""The web dashboard: `GET /` and its assets under `/static/`, plain files from service/api/static/.
 
 The page is static; everything it shows comes from the public API (/health, /models, /queue,
 /jobs, /events/{id}), fetched by its script with the API token when one is needed. The page
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-ASSETS = Path(__file__).resolve().parent / "dashboard"
+ASSETS = Path(__file__).resolve().parent / "static"
 INDEX = "index.html"
 STATIC_PREFIX = "/static/"
 _CONTENT_TYPES = {

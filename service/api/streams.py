@@ -20,11 +20,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from service import events as ev
-from service.appkeys import EVENTS, JOURNAL, WATCH, WORKER
+from service.api.keys import EVENTS, JOURNAL, WATCH, WORKER
 from service.errors import BadRequest, JobNotFound, ServiceError, ServiceUnavailable
-from service.events import JobEvent
-from service.jobs import JOB_ID_PATTERN, Job
+from service.jobs import events as ev
+from service.jobs.events import JobEvent
+from service.jobs.job import JOB_ID_PATTERN, Job
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ async def _find_job(request: web.Request, job_id: str) -> Job:
 
 
 async def _status_body(request: web.Request, job: Job) -> dict[str, Any]:
-    from service.routes import status_body  # routes imports this module to register it
+    from service.api.routes import status_body  # routes imports this module to register it
 
     return await status_body(request, job)
 

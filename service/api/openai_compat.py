@@ -17,11 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from service import control, formats, routes
-from service.appkeys import ENGINE, SETTINGS, STARTED_AT, WORKER
+from service.api import control, routes
+from service.api.keys import ENGINE, SETTINGS, STARTED_AT, WORKER
 from service.errors import BadRequest, JobConflict, ModelUnavailable, ServiceError, ServiceUnavailable
-from service.jobs import Job, JobStatus, Task
-from service.worker import KILL_AFTER_SECONDS, job_timeout
+from service.inference.worker import KILL_AFTER_SECONDS, job_timeout
+from service.jobs import formats
+from service.jobs.job import Job, JobStatus, Task
 
 PREFIX = "/v1/"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")

@@ -14,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from service import __version__, formats
-from service.auth import OPEN_PATHS, OPEN_PREFIXES
-from service.jobs import MAX_PRIORITY, MIN_PRIORITY, PRIORITIES
-from service.openai_api import GRANULARITIES, RESPONSE_FORMATS
+from service import __version__
+from service.api.auth import OPEN_PATHS, OPEN_PREFIXES
+from service.api.openai_compat import GRANULARITIES, RESPONSE_FORMATS
+from service.jobs import formats
+from service.jobs.job import MAX_PRIORITY, MIN_PRIORITY, PRIORITIES
 
 Schema = dict[str, Any]
 

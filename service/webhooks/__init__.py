@@ -1,0 +1,1 @@
+"""callback_url deliveries: the dispatcher and where deliveries are kept."""
