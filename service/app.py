@@ -1,4 +1,8 @@
-"""The aiohttp application: factory, error middleware, start-up and shutdown."""
+"""The composition root: `create_app(settings)` builds the services object once, picks the
+backend once, and ties start-up and shutdown together.
+
+Nothing touches disk or loads a model until the app starts.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service.api import auth, metrics, openai_compat, routes
-from service.api.keys import (
-    CLUSTER,
-    ENGINE,
-    EVENTS,
-    JOURNAL,
-    LAYOUT,
-    SETTINGS,
-    STARTED_AT,
-    SUBMIT_LOCK,
-    WATCH,
-    WEBHOOKS,
-    WORKER,
-)
+from service.api import auth, metrics, routes
+from service.api.keys import SERVICES
+from service.api.middleware import errors_middleware
 from service.engines import create_catalog, create_engine
 from service.engines.base import Engine, ModelCatalog
 from service.errors import ServiceError
@@ -36,151 +30,57 @@ from service.jobs.events import JobEvents
 from service.jobs.watch import JobWatch
 from service.settings import Settings
 from service.store import files as storage
-from service.store import retention
 from service.store.base import JobStore
 from service.store.cluster import ClusterBus
 from service.store.files import Layout
 from service.store.redis import RedisJobStore
+from service.store.retention import Retention
 from service.store.sqlite import SqliteJobStore
-from service.webhooks.dispatcher import WebhookDispatcher
+from service.usecases.control import JobControl
+from service.usecases.services import Services
+from service.usecases.submit import Submissions
+from service.usecases.views import JobViews
+from service.webhooks.deliveries import DeliveryStore, RedisDeliveryStore, SqliteDeliveryStore
+from service.webhooks.dispatcher import WebhookDispatcher, claim_lease_seconds
 
 log = logging.getLogger(__name__)
 
 # How long shutdown waits for the running decode to reach a window boundary.
 STOP_GRACE_SECONDS = 30.0
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@dataclass(frozen=True)
+class Backend:
+    """Where jobs and webhook deliveries live. `redis` is set only for the shared Redis store,
+    whose instances also need the cluster bus and the worker's lease callbacks."""
+
+    store: JobStore
+    deliveries: DeliveryStore
+    redis: RedisJobStore | None = None
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
-def _error(
-    request: web.Request,
-    status: int,
-    message: str,
-    headers: dict[str, str] | None = None,
-    exc: BaseException | None = None,
-) -> web.Response:
-    """The service's own error shape, or OpenAI's on the OpenAI-compatible routes."""
-    if openai_compat.is_openai_path(request.path):
-        return openai_compat.error_response(status, message, headers, exc)
-    return error_response(status, message, headers)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as JSON {"error": ...} with a fitting status code."""
-    try:
-        return await handler(request)
-    except ServiceError as exc:
-        headers = dict(exc.headers)
-        if exc.status == 503:
-            headers.setdefault("Retry-After", "5")
-        return _error(request, exc.status, exc.message, headers or None, exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = None
-        if exc.status == 404:
-            message = f"No such endpoint: {request.method} {request.path}"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-            headers = {"Allow": exc.headers.get("Allow", "")}
-        elif exc.status == 413:
-            message = "The request body is too large."
-        else:
-            message = exc.reason
-        return _error(request, exc.status, message, headers, exc)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(request, 500, "Internal error in the service; its log has the details.")
-
-
-async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Storage lock, journal, crash recovery and worker: set up and torn down as one."""
-    settings, layout, journal, worker = app[SETTINGS], app[LAYOUT], app[JOURNAL], app[WORKER]
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, layout.create)
-    lock = storage.lock_storage(layout, shared=journal.shared)
-    worker_task: asyncio.Task[None] | None = None
-    try:
-        await journal.open()
-        if isinstance(journal, RedisJobStore):
-            log.info(
-                "jobs and queue in Redis at %s (prefix %s), shared with every instance there; "
-                "this instance is %s",
-                journal.safe_url,
-                journal.prefix,
-                journal.instance_id,
-            )
-        requeued, failed = await journal.recover_interrupted(settings.max_attempts)
-        if requeued:
-            log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
-        if failed:
-            log.warning("failed %d job(s) past the attempt limit: %s", len(failed), ", ".join(failed))
-        await _remove_leftovers(journal, layout)
-        worker_task = asyncio.create_task(worker.run(), name="worker")
-        yield
-    finally:
-        if worker_task is not None:
-            await worker.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(worker_task), STOP_GRACE_SECONDS)
-            except TimeoutError:
-                log.warning("the running job did not stop in time; it is requeued at next start")
-                worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
-        await worker.close()
-        await journal.close()
-        lock.close()
-
-
-async def _remove_leftovers(journal: JobStore, layout: Layout) -> None:
-    """Half-written uploads and audio no job refers to. With a shared store and directory, only
-    old ones: other instances' uploads may be in flight right now."""
-    loop = asyncio.get_running_loop()
-    try:
-        referenced = await journal.audio_files()
-    except ServiceError as exc:  # the shared store is away: leave the files for the next start
-        log.warning("left leftover files alone: %s", exc.message)
-        return
-    min_age = storage.SHARED_LEFTOVER_AGE_SECONDS if journal.shared else 0.0
-    removed = await loop.run_in_executor(None, storage.clean_start, layout, referenced, min_age)
-    if removed:
-        log.info("removed %d leftover file(s) from interrupted uploads", removed)
-
-
-def create_store(settings: Settings, layout: Layout) -> JobStore:
+def create_backend(settings: Settings, layout: Layout) -> Backend:
+    """The one place that asks which backend is configured."""
     if settings.backend == "redis":
-        return RedisJobStore(
+        redis = RedisJobStore(
             settings.redis_url,
             settings.redis_prefix,
             priority_aging_s=settings.priority_aging_seconds,
             lease_s=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
-    return SqliteJobStore(layout.journal, settings.priority_aging_seconds)
+        return Backend(redis, RedisDeliveryStore(redis, claim_lease_seconds(settings)), redis)
+    sqlite = SqliteJobStore(layout.journal, settings.priority_aging_seconds)
+    return Backend(sqlite, SqliteDeliveryStore(sqlite))
 
 
-async def _stop_taking_jobs(app: web.Application) -> None:
-    """Runs as shutdown begins, before requests in flight drain: no new job starts after it."""
-    await app[WORKER].stop()
-
-
-def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
-    """Build the application; nothing touches disk or loads a model until it starts.
-
-    `engine` lets tests substitute a fake; by default the one named in settings is used.
-    """
+def build_services(settings: Settings, engine: Engine | None = None) -> Services:
+    """Every collaborator, wired once. `engine` lets tests substitute a fake."""
     layout = Layout(settings.storage_dir, settings.model_dir)
-    journal = create_store(settings, layout)
-    events = JobEvents()
-    progress = ProgressWriter(journal, events)
+    backend = create_backend(settings, layout)
+    store = backend.store
+    events, watch, lock = JobEvents(), JobWatch(), asyncio.Lock()
+    progress = ProgressWriter(store, events)
     runner: Runner
     catalog: ModelCatalog
     if engine is None and settings.isolation == "process":
@@ -192,29 +92,103 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         catalog = engine
         manager = ModelManager.for_settings(engine, settings)
         runner = ThreadRunner(manager, settings.workers, progress, progress.segment)
+    worker = Worker(settings, store, layout, runner, watch, events, lock)
+    cluster = None
+    if backend.redis is not None:
+        backend.redis.on_lease_lost = worker.lease_lost
+        backend.redis.on_reclaimed = worker.jobs_reclaimed
+        cluster = ClusterBus(backend.redis, events, watch, worker.wake, worker.cancel_running)
+    return Services(
+        settings=settings,
+        layout=layout,
+        store=store,
+        catalog=catalog,
+        worker=worker,
+        events=events,
+        watch=watch,
+        webhooks=WebhookDispatcher(settings, backend.deliveries, layout, events),
+        submissions=Submissions(settings, store, layout, catalog, events, watch, lock, worker.wake),
+        control=JobControl(store, layout, worker, watch, lock, settings.workers, settings.max_queue, cluster),
+        views=JobViews(store, layout, watch, lambda: worker.stopping),
+        started_at=time.time(),
+        cluster=cluster,
+        lock=lock,
+    )
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Storage lock, store, crash recovery, worker and retention: set up and torn down as one."""
+    services = app[SERVICES]
+    settings, layout, store, worker = services.settings, services.layout, services.store, services.worker
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, layout.create)
+    lock = storage.lock_storage(layout, shared=store.shared)
+    worker_task: asyncio.Task[None] | None = None
+    retention = Retention(store, layout, services.events, settings.retention_seconds)
+    try:
+        await store.open()
+        if store.shared:
+            log.info("%s", store.location())
+        requeued, failed = await store.recover_interrupted(settings.max_attempts)
+        if requeued:
+            log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        if failed:
+            log.warning("failed %d job(s) past the attempt limit: %s", len(failed), ", ".join(failed))
+        await _remove_leftovers(store, layout)
+        worker_task = asyncio.create_task(worker.run(), name="worker")
+        retention.start()
+        yield
+    finally:
+        await retention.close()
+        if worker_task is not None:
+            await worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(worker_task), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("the running job did not stop in time; it is requeued at next start")
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+        await worker.close()
+        await store.close()
+        lock.close()
+
+
+async def _remove_leftovers(store: JobStore, layout: Layout) -> None:
+    """Half-written uploads and audio no job refers to. With a shared store and directory, only
+    old ones: other instances' uploads may be in flight right now."""
+    loop = asyncio.get_running_loop()
+    try:
+        referenced = await store.audio_files()
+    except ServiceError as exc:  # the shared store is away: leave the files for the next start
+        log.warning("left leftover files alone: %s", exc.message)
+        return
+    min_age = storage.SHARED_LEFTOVER_AGE_SECONDS if store.shared else 0.0
+    removed = await loop.run_in_executor(None, storage.clean_start, layout, referenced, min_age)
+    if removed:
+        log.info("removed %d leftover file(s) from interrupted uploads", removed)
+
+
+async def _stop_taking_jobs(app: web.Application) -> None:
+    """Runs as shutdown begins, before requests in flight drain: no new job starts after it."""
+    await app[SERVICES].worker.stop()
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """Build the application; nothing touches disk or loads a model until it starts.
+
+    `engine` lets tests substitute a fake; by default the one named in settings is used.
+    """
+    services = build_services(settings, engine)
     middlewares: list[Middleware] = [metrics.rejections_middleware, errors_middleware]
     if settings.api_token is not None:
         middlewares.append(auth.token_middleware(settings.api_token))
     app = web.Application(middlewares=middlewares)
-    app[SETTINGS] = settings
-    app[LAYOUT] = layout
-    app[ENGINE] = catalog
-    app[JOURNAL] = journal
-    app[WATCH] = JobWatch()
-    app[EVENTS] = events
-    app[SUBMIT_LOCK] = asyncio.Lock()
-    app[WORKER] = worker = Worker(settings, journal, layout, runner, app[WATCH], events, app[SUBMIT_LOCK])
-    app[STARTED_AT] = time.time()
-    app[WEBHOOKS] = WebhookDispatcher(settings, journal, layout, events)
+    app[SERVICES] = services
     app.cleanup_ctx.append(_service_ctx)
-    if isinstance(journal, RedisJobStore):
-        journal.on_lease_lost = worker.lease_lost
-        journal.on_reclaimed = worker.jobs_reclaimed
-        app[CLUSTER] = ClusterBus(journal, events, app[WATCH], worker.wake, worker.cancel_running)
-        app.cleanup_ctx.append(app[CLUSTER].ctx)
-    app.cleanup_ctx.append(retention.retention_ctx)
-    app.cleanup_ctx.append(app[WEBHOOKS].ctx)  # after the journal opens, stops before it closes
+    if services.cluster is not None:
+        app.cleanup_ctx.append(services.cluster.ctx)
+    app.cleanup_ctx.append(services.webhooks.ctx)  # after the store opens, stops before it closes
     app.on_shutdown.append(_stop_taking_jobs)
     routes.setup_routes(app)
-    metrics.setup_metrics(app)
     return app

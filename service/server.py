@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from service.api.auth import warn_if_open
-from service.api.keys import WORKER
+from service.api.keys import SERVICES
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Settings, parse_settings
@@ -49,7 +49,7 @@ async def serve(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        worker = app[WORKER]
+        worker = app[SERVICES].worker
         stop_wait = asyncio.create_task(stop.wait())
         fatal_wait = asyncio.create_task(worker.fatal.wait())
         await asyncio.wait({stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,12 +1,45 @@
-"""Service settings: one frozen dataclass, built from flags with environment-variable defaults."""
+"""Service settings: every option declared once, as one field of a frozen pydantic dataclass.
+
+A field reads `name: Annotated[type, Field(bounds), OneOf(choices), Flag(help)] = default`. From
+that single declaration:
+
+- `Settings(...)` converts and checks the value (types, bounds, choices) and raises a
+  `ValueError` (pydantic's `ValidationError`) when it is wrong. It never reads the environment,
+  so tests and code that build it directly get the same result wherever they run.
+- `parse_settings(argv, env)` builds the command line: the flag is `--` and the field's name
+  with dashes (or `Flag.name`, for the two options counted in other units: MiB, days), its
+  environment variable is `SERVICE_` and the flag's name in capitals, and `--help` shows the
+  help, the variable and the default. A flag beats its variable, which beats the default; an
+  empty variable counts as unset. Any bad value exits with one line naming the flag or the
+  variable and what it accepts.
+
+Why a pydantic dataclass and not pydantic-settings' `BaseSettings`: callers and tests copy
+settings with `dataclasses.replace` (which re-validates here) and read defaults off the class
+(`Settings.engine`); `BaseSettings` reads `os.environ` itself when built directly, where tests
+must not depend on the environment; and its command line would change this service's flags,
+help and error messages.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass as plain_dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+from pydantic_core import ErrorDetails, core_schema
 
 ENGINES = ("openai-whisper", "faster-whisper")
 ISOLATION = ("process", "thread")
@@ -14,470 +47,405 @@ COMPUTE_TYPES = ("auto", "int8", "int8_float16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
 BACKENDS = ("sqlite", "redis")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+ENV_PREFIX = "SERVICE_"
+MIB = 1024**2
+DAY = 86400.0
+
+
+@plain_dataclass(frozen=True)
+class Flag:
+    """How one setting is given from outside, and its line in `--help`."""
+
+    help: str
+    # The flag without "--", when it is not the field's name: it counts in other units.
+    name: str = ""
+    # One flag unit in the setting's units (MiB -> bytes, days -> seconds).
+    unit: int | float = 1
+    # What --help calls the default when the value alone would not say (None, a derived path).
+    default_text: str = ""
+    # Its value (a token, a key) is never echoed in --help, even when set in the environment.
+    secret: bool = False
+
+
+@plain_dataclass(frozen=True)
+class OneOf:
+    """A string setting that takes one of a few words; the command line offers them as choices."""
+
+    choices: tuple[str, ...]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        if value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return value
+
+
+@plain_dataclass(frozen=True)
+class Check:
+    """A rule on a string setting that bounds cannot say, with the words that explain it."""
+
+    holds: Any  # Callable[[str], bool]; Any keeps the declaration lines short
+    requirement: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        if not self.holds(value):
+            raise ValueError(self.requirement)
+        return value
+
+
+def _none_if_empty(value: object) -> object:
+    return value or None
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _host_list(value: object) -> object:
+    """Comma-separated text (a flag, a variable) or a sequence; trimmed, lowercased, no blanks."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple):
+        return tuple(str(h).strip().lower() for h in items if str(h).strip())
+    return value
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be told. Tests build it directly."""
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    storage_dir: Path = field(default_factory=lambda: Path("service-storage"))
-    # Model checkpoints (downloaded or imported); None means <storage_dir>/models.
-    model_dir: Path | None = None
-    model: str = "tiny.en"
-    engine: str = "openai-whisper"
-    device: str = "auto"
-    # faster-whisper's weight precision; auto is int8 on CPU and float16 on CUDA.
-    compute_type: str = "auto"
-    # Intra-op threads for inference in total; 0 means the cores this process may use.
-    threads: int = 0
-    # Jobs decoded at the same time (faster-whisper only); the threads are split between them.
-    workers: int = 1
-    # Largest accepted upload. 2 GiB covers a few hours of WAV at 16 kHz 16-bit stereo.
-    max_upload_bytes: int = 2 * 1024**3
-    # Beam search like the whisper CLI: a few points of word error rate for ~2x decode time.
-    beam_size: int = 5
-    # A job whose worker died this many times is failed instead of being retried forever.
-    max_attempts: int = 3
-    # Inference in a supervised child process (a crash there leaves the API up) or a thread.
-    isolation: str = "process"
-    # Models kept in memory at once, the default included; and their memory budget (0: none).
-    max_models: int = 2
-    model_memory_mb: int = 0
-    # Models other than the default are unloaded after this long unused; -1 keeps them.
-    model_idle_seconds: float = 300.0
-    # When a job's model cannot be loaded, run it on the default model (and say so) instead.
-    model_fallback: bool = False
-    # Longest a job may run; 0 scales with the audio (see worker.job_timeout).
-    job_timeout: float = 0.0
-    # On SIGTERM, how long a running job may take to finish before it is put back in the queue.
-    shutdown_grace: float = 5.0
-    log_level: str = "INFO"
-    # Log lines as readable text or one JSON object each; to stderr, or to a file rotated at
-    # log_max_mb (0: never) keeping log_backups old files.
-    log_format: str = "text"
-    log_file: Path | None = None
-    log_max_mb: float = 50.0
-    log_backups: int = 5
-    # When set, every endpoint but /health and /openapi.json needs `Authorization: Bearer <token>`.
-    api_token: str | None = None
-    # Queued jobs past which uploads are refused with 429 and Retry-After (0: no limit).
-    max_queue: int = 1000
-    # A waiting job gains one priority level per this many seconds, up to just below urgent,
-    # so low-priority work is never starved and urgent work still overtakes any backlog.
-    priority_aging_seconds: float = 60.0
-    # Finished jobs (row, audio, transcript) are removed this long after they end (0: never).
-    retention_seconds: float = 7 * 86400.0
-    # Remove a job's audio as soon as it completes (the transcript stays).
-    delete_audio_on_complete: bool = False
-    # The same audio with the same model and options is transcribed once; later uploads reuse it.
-    transcript_cache: bool = True
-    # Webhooks: HMAC-SHA256 key for the signature header (unsigned when unset), the hosts
-    # callback URLs may name (any when empty), how long failed deliveries are retried,
-    # and each attempt's timeout.
-    webhook_secret: str | None = None
-    webhook_allowed_hosts: tuple[str, ...] = ()
-    webhook_retry_seconds: float = 3600.0
-    webhook_timeout: float = 10.0
-    # Where job state and the queue live: the embedded SQLite journal (one instance), or Redis,
-    # shared by every instance pointed at the same URL, prefix and storage directory.
-    backend: str = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "whisper"
-    # A running job's claim lasts this long unless renewed (every third of it); an instance
-    # that dies has its jobs taken over by another about this long after.
-    lease_seconds: float = 30.0
+    host: Annotated[str, Flag("address to listen on")] = "127.0.0.1"
+    port: Annotated[int, Flag("port to listen on")] = 8765
+    storage_dir: Annotated[Path, Flag("jobs, audio, transcripts and models live here")] = Path(
+        "service-storage"
+    )
+    model_dir: Annotated[
+        Path | None, Flag("model checkpoints are cached here", default_text="<storage-dir>/models")
+    ] = None
+    model: Annotated[
+        str, Flag("default model: a Whisper name or a path to a .pt checkpoint; tiny.en is bundled, offline")
+    ] = "tiny.en"
+    engine: Annotated[str, OneOf(ENGINES), Flag("inference engine")] = "openai-whisper"
+    device: Annotated[str, OneOf(DEVICES), Flag("where the model runs; auto picks CUDA when present")] = (
+        "auto"
+    )
+    compute_type: Annotated[
+        str,
+        OneOf(COMPUTE_TYPES),
+        Flag("faster-whisper precision; auto is int8 on CPU, float16 on CUDA"),
+    ] = "auto"
+    threads: Annotated[
+        int,
+        Field(ge=0),
+        Flag(
+            "inference threads in total; 0 uses the cores this process may run on "
+            "(CPU affinity and cgroup quota)"
+        ),
+    ] = 0
+    workers: Annotated[
+        int, Field(ge=1), Flag("jobs decoded at once, sharing the threads (faster-whisper only)")
+    ] = 1
+    # 2 GiB covers a few hours of WAV at 16 kHz 16-bit stereo.
+    max_upload_bytes: Annotated[
+        int, Field(gt=0), Flag("largest accepted upload in MiB", name="max-upload-mb", unit=MIB)
+    ] = 2048 * MIB
+    # Like the whisper CLI: a few points of word error rate for ~2x decode time.
+    beam_size: Annotated[int, Field(ge=1), Flag("beam width for decoding; 1 is greedy")] = 5
+    # So one poison file cannot be retried forever.
+    max_attempts: Annotated[
+        int, Field(ge=1), Flag("runs of one job interrupted by crashes before it is failed")
+    ] = 3
+    # A crash in the child process leaves the API up.
+    isolation: Annotated[
+        str,
+        OneOf(ISOLATION),
+        Flag("run inference in a supervised child process, or a thread of the server"),
+    ] = "process"
+    max_models: Annotated[int, Field(ge=1), Flag("models in memory at once, the default included")] = 2
+    model_memory_mb: Annotated[
+        int, Field(ge=0), Flag("memory budget for loaded models; 0 means only free memory limits it")
+    ] = 0
+    model_idle_seconds: Annotated[float, Flag("unload a non-default model unused this long; -1 never")] = (
+        300.0
+    )
+    model_fallback: Annotated[
+        bool, Flag("run a job on the default model when its own cannot be loaded, and say so")
+    ] = False
+    # 0: see worker.job_timeout.
+    job_timeout: Annotated[
+        float,
+        Field(ge=0),
+        Flag("seconds a job may run before it is stopped and failed; 0 scales with the audio's length"),
+    ] = 0.0
+    shutdown_grace: Annotated[
+        float,
+        Field(ge=0),
+        Flag("on SIGTERM, seconds a running job may take to finish before it is requeued"),
+    ] = 5.0
+    log_level: Annotated[
+        str,
+        BeforeValidator(_upper),
+        Check(lambda v: v in logging.getLevelNamesMapping(), f"must be one of {', '.join(LOG_LEVELS)}"),
+        Flag(f"logging level: {', '.join(LOG_LEVELS)}"),
+    ] = "INFO"
+    log_format: Annotated[
+        str, OneOf(LOG_FORMATS), Flag("log lines as readable text or one JSON object each")
+    ] = "text"
+    log_file: Annotated[
+        Path | None,
+        Flag("write the log to this file, rotated by size, instead of stderr", default_text="stderr"),
+    ] = None
+    log_max_mb: Annotated[
+        float, Field(ge=0), Flag("rotate the log file when it reaches this many MiB; 0 never")
+    ] = 50.0
+    log_backups: Annotated[int, Field(ge=1), Flag("rotated log files kept (service.log.1 ...)")] = 5
+    # "" means none, as an empty variable does.
+    api_token: Annotated[
+        str | None,
+        BeforeValidator(_none_if_empty),
+        Flag(
+            "require `Authorization: Bearer <token>` on every endpoint but /health and /openapi.json",
+            secret=True,
+        ),
+    ] = None
+    max_queue: Annotated[
+        int, Field(ge=0), Flag("queued jobs past which uploads get 429 and Retry-After; 0 no limit")
+    ] = 1000
+    # Low-priority work is never starved, and urgent work still overtakes any backlog.
+    priority_aging_seconds: Annotated[
+        float,
+        Field(gt=0),
+        Flag("a queued job gains one priority level per this many seconds waited, up to just below urgent"),
+    ] = 60.0
+    retention_seconds: Annotated[
+        float,
+        Field(ge=0),
+        Flag(
+            "remove finished jobs, their audio and transcripts this many days after they end; 0 keeps them",
+            name="retention-days",
+            unit=DAY,
+        ),
+    ] = 7 * DAY
+    delete_audio_on_complete: Annotated[
+        bool, Flag("remove a job's audio as soon as it completes; the transcript stays")
+    ] = False
+    transcript_cache: Annotated[
+        bool, Flag("reuse the transcript of identical audio with identical model and options")
+    ] = True
+    webhook_secret: Annotated[
+        str | None,
+        BeforeValidator(_none_if_empty),
+        Flag("sign webhook bodies with HMAC-SHA256 under this key; unsigned when unset", secret=True),
+    ] = None
+    webhook_allowed_hosts: Annotated[
+        tuple[str, ...],
+        BeforeValidator(_host_list),
+        Flag("comma-separated hosts callback_url may name; empty allows any", default_text="any"),
+    ] = ()
+    webhook_retry_seconds: Annotated[
+        float, Field(ge=0), Flag("keep retrying a failed webhook delivery this long")
+    ] = 3600.0
+    webhook_timeout: Annotated[float, Field(gt=0), Flag("seconds one webhook request may take")] = 10.0
+    backend: Annotated[
+        str,
+        OneOf(BACKENDS),
+        Flag(
+            "where jobs and the queue live: sqlite (this instance only) or redis (shared by many instances)"
+        ),
+    ] = "sqlite"
+    redis_url: Annotated[
+        str,
+        Check(lambda v: v.startswith(REDIS_SCHEMES), "must start with redis://, rediss:// or unix://"),
+        Flag("Redis for --backend redis"),
+    ] = "redis://127.0.0.1:6379/0"
+    redis_prefix: Annotated[
+        str,
+        Check(lambda v: bool(v) and not any(c.isspace() for c in v), "must be a non-empty word"),
+        Flag("key prefix in Redis; instances with the same prefix share one queue"),
+    ] = "whisper"
+    # Renewed every third of it.
+    lease_seconds: Annotated[
+        float,
+        Field(ge=1),
+        Flag(
+            "with redis: a running job is taken over by another instance this long after its "
+            "instance stops renewing it"
+        ),
+    ] = 30.0
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "storage_dir", Path(self.storage_dir))
-        if self.model_dir is not None:
-            object.__setattr__(self, "model_dir", Path(self.model_dir))
-        if self.log_file is not None:
-            object.__setattr__(self, "log_file", Path(self.log_file))
-        if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"unknown log format {self.log_format!r}; choose text or json")
-        if self.log_max_mb < 0:
-            raise ValueError("log_max_mb cannot be negative (0 never rotates)")
-        if self.log_backups < 1:
-            raise ValueError("log_backups must be at least 1")
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        if self.compute_type not in COMPUTE_TYPES:
-            raise ValueError(
-                f"unknown compute type {self.compute_type!r}; choose one of {', '.join(COMPUTE_TYPES)}"
-            )
-        if self.threads < 0:
-            raise ValueError("threads must be 0 (automatic) or more")
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
+    @model_validator(mode="after")
+    def _fits_together(self) -> Settings:
         if self.workers > 1 and self.engine != "faster-whisper":
             raise ValueError(
                 "workers > 1 needs --engine faster-whisper: openai-whisper decodes one file at a time"
             )
-        if self.isolation not in ISOLATION:
-            raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {', '.join(ISOLATION)}")
-        if self.max_models < 1:
-            raise ValueError("max_models must be at least 1")
-        if self.model_memory_mb < 0 or self.job_timeout < 0 or self.shutdown_grace < 0:
-            raise ValueError("model_memory_mb, job_timeout and shutdown_grace cannot be negative")
-        if self.max_upload_bytes <= 0:
-            raise ValueError("max_upload_bytes must be positive")
-        if self.beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.max_queue < 0 or self.retention_seconds < 0 or self.webhook_retry_seconds < 0:
-            raise ValueError("max_queue, retention and webhook retry time cannot be negative")
-        if self.priority_aging_seconds <= 0 or self.webhook_timeout <= 0:
-            raise ValueError("priority_aging_seconds and webhook_timeout must be positive")
-        object.__setattr__(
-            self,
-            "webhook_allowed_hosts",
-            tuple(h.strip().lower() for h in self.webhook_allowed_hosts if h.strip()),
-        )
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
-        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
-            raise ValueError("redis_prefix must be a non-empty word")
-        if self.lease_seconds < 1:
-            raise ValueError("lease_seconds must be at least 1")
-        if self.api_token == "":
-            object.__setattr__(self, "api_token", None)
-        if self.webhook_secret == "":
-            object.__setattr__(self, "webhook_secret", None)
+        return self
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+@plain_dataclass(frozen=True)
+class Option:
+    """One declared setting as the command line and the environment see it."""
+
+    field: str
+    annotation: Any
+    default: Any
+    flag_spec: Flag
+    choices: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.flag_spec.name or self.field.replace("_", "-"))
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag[2:].upper().replace("-", "_")
+
+    @property
+    def is_switch(self) -> bool:
+        return self.annotation is bool
+
+    def shown_default(self, from_env: str | None) -> str:
+        """The default --help names: the environment's value, else the built-in one."""
+        spec = self.flag_spec
+        if spec.secret:
+            return ""
+        if from_env is not None:
+            return from_env
+        if self.is_switch:
+            return "on" if self.default else "off"
+        if spec.default_text or self.default is None or self.default == ():
+            return spec.default_text
+        if spec.unit != 1:
+            unit = spec.unit
+            return str(self.default // unit if isinstance(unit, int) else self.default / unit)
+        return str(self.default)
+
+    def from_text(self, text: str) -> Any:
+        """A flag's or variable's text as the setting's value (pydantic converts the rest)."""
+        if self.flag_spec.unit != 1:
+            return TypeAdapter(self.annotation).validate_python(text) * self.flag_spec.unit
+        if self.is_switch:
+            return text.strip()
+        return text
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+def _options(cls: type[object]) -> tuple[Option, ...]:
+    """The declarations, read back from pydantic's record of the fields."""
+    if not is_pydantic_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a pydantic dataclass")
+    found = []
+    for name, info in cls.__pydantic_fields__.items():
+        specs = [m for m in info.metadata if isinstance(m, Flag)]
+        choices = [m.choices for m in info.metadata if isinstance(m, OneOf)]
+        if len(specs) != 1:
+            raise TypeError(f"Settings.{name} needs exactly one Flag(...) in its declaration")
+        found.append(Option(name, info.annotation, info.default, specs[0], choices[0] if choices else ()))
+    return tuple(found)
 
 
-def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+OPTIONS = _options(Settings)
+OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The server's command line, one flag per declared option; defaults shown from `env`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Persistent Whisper transcription service: upload audio, poll, download. "
+        "Each flag's environment variable is in brackets; a flag beats its variable.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given land in the namespace
+    )
+    for option in OPTIONS:
+        shown = option.shown_default(env.get(option.env) or None)
+        help_ = f"{option.flag_spec.help} [{option.env}]" + (f" (default {shown})" if shown else "")
+        help_ = help_.replace("%", "%%")
+        if option.is_switch:
+            parser.add_argument(
+                option.flag, dest=option.field, action=argparse.BooleanOptionalAction, help=help_
+            )
+        elif option.choices:
+            parser.add_argument(option.flag, dest=option.field, choices=option.choices, help=help_)
+        else:
+            metavar = option.flag[2:].upper().replace("-", "_")
+            parser.add_argument(option.flag, dest=option.field, metavar=metavar, help=help_)
+    return parser
+
+
+_REQUIREMENTS = {
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "int_type": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false (1/0, yes/no, on/off)",
+    "bool_type": "must be true or false (1/0, yes/no, on/off)",
+}
+
+
+def _requirement(error: ErrorDetails, unit: int | float = 1) -> str:
+    """What the value must be, in words, with bounds counted in the flag's units."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        bound = ctx["ge"] / unit
+        return "must be 0 or more" if bound == 0 else f"must be at least {bound:g}"
+    if kind == "greater_than":
+        return f"must be more than {ctx['gt'] / unit:g}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return _REQUIREMENTS.get(kind, error["msg"])
+
+
+def _explain(errors: list[ErrorDetails], given: Mapping[str, tuple[str, str]], field: str = "") -> list[str]:
+    """One line per error: where the value came from, what it must be, and what it was."""
+    lines = []
+    for error in errors:
+        name = str(error["loc"][0]) if error["loc"] else field
+        if name not in given:  # a rule across settings, e.g. workers and engine
+            lines.append(_requirement(error))
+            continue
+        where, text = given[name]
+        requirement = _requirement(error, OPTIONS_BY_FIELD[name].flag_spec.unit)
+        lines.append(f"{where} {requirement}, got {text!r} (setting {name})")
+    return lines
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read flags; each flag's default comes from its environment variable, then the built-in."""
+    """Settings from flags, then the environment's SERVICE_* variables, then the declared defaults.
+
+    Exits (status 2, through argparse) with one message when any value is wrong."""
     env = os.environ if env is None else env
-    base = Settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m service",
-        description="Persistent Whisper transcription service: upload audio, poll, download.",
-    )
-    parser.add_argument(
-        "--host",
-        default=env.get("SERVICE_HOST", base.host),
-        help="address to listen on [SERVICE_HOST] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=_env_int(env, "SERVICE_PORT", base.port),
-        help="port to listen on [SERVICE_PORT] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--storage-dir",
-        type=Path,
-        default=Path(env.get("SERVICE_STORAGE_DIR", str(base.storage_dir))),
-        help="jobs, audio, transcripts and models live here [SERVICE_STORAGE_DIR] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(env["SERVICE_MODEL_DIR"]) if env.get("SERVICE_MODEL_DIR") else None,
-        help="model checkpoints are cached here [SERVICE_MODEL_DIR] (default <storage-dir>/models)",
-    )
-    parser.add_argument(
-        "--model",
-        default=env.get("SERVICE_MODEL", base.model),
-        help="default model: a Whisper name or a path to a .pt checkpoint [SERVICE_MODEL] "
-        "(default %(default)s, bundled and offline)",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=env.get("SERVICE_ENGINE", base.engine),
-        help="inference engine [SERVICE_ENGINE] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=env.get("SERVICE_DEVICE", base.device),
-        help="where the model runs; auto picks CUDA when present [SERVICE_DEVICE]",
-    )
-    parser.add_argument(
-        "--compute-type",
-        choices=COMPUTE_TYPES,
-        default=env.get("SERVICE_COMPUTE_TYPE", base.compute_type),
-        help="faster-whisper precision; auto is int8 on CPU, float16 on CUDA [SERVICE_COMPUTE_TYPE]",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=_env_int(env, "SERVICE_THREADS", base.threads),
-        help="inference threads in total; 0 uses the cores this process may run on "
-        "(CPU affinity and cgroup quota) [SERVICE_THREADS] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=_env_int(env, "SERVICE_WORKERS", base.workers),
-        help="jobs decoded at once, sharing the threads (faster-whisper only) [SERVICE_WORKERS] "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-upload-mb",
-        type=int,
-        default=_env_int(env, "SERVICE_MAX_UPLOAD_MB", base.max_upload_bytes // 1024**2),
-        help="largest accepted upload in MiB [SERVICE_MAX_UPLOAD_MB] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--beam-size",
-        type=int,
-        default=_env_int(env, "SERVICE_BEAM_SIZE", base.beam_size),
-        help="beam width for decoding; 1 is greedy [SERVICE_BEAM_SIZE] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=_env_int(env, "SERVICE_MAX_ATTEMPTS", base.max_attempts),
-        help="runs of one job interrupted by crashes before it is failed [SERVICE_MAX_ATTEMPTS]",
-    )
-    parser.add_argument(
-        "--isolation",
-        choices=ISOLATION,
-        default=env.get("SERVICE_ISOLATION", base.isolation),
-        help="run inference in a supervised child process, or a thread of the server "
-        "[SERVICE_ISOLATION] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-models",
-        type=int,
-        default=_env_int(env, "SERVICE_MAX_MODELS", base.max_models),
-        help="models in memory at once, the default included [SERVICE_MAX_MODELS] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--model-memory-mb",
-        type=int,
-        default=_env_int(env, "SERVICE_MODEL_MEMORY_MB", base.model_memory_mb),
-        help="memory budget for loaded models; 0 means only free memory limits it "
-        "[SERVICE_MODEL_MEMORY_MB] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--model-idle-seconds",
-        type=float,
-        default=_env_float(env, "SERVICE_MODEL_IDLE_SECONDS", base.model_idle_seconds),
-        help="unload a non-default model unused this long; -1 never [SERVICE_MODEL_IDLE_SECONDS] "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--model-fallback",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("SERVICE_MODEL_FALLBACK", "").lower() in ("1", "true", "yes", "on"),
-        help="run a job on the default model when its own cannot be loaded [SERVICE_MODEL_FALLBACK]",
-    )
-    parser.add_argument(
-        "--job-timeout",
-        type=float,
-        default=_env_float(env, "SERVICE_JOB_TIMEOUT", base.job_timeout),
-        help="seconds a job may run before it is stopped and failed; 0 scales with the audio's "
-        "length [SERVICE_JOB_TIMEOUT] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=_env_float(env, "SERVICE_SHUTDOWN_GRACE", base.shutdown_grace),
-        help="on SIGTERM, seconds a running job may take to finish before it is requeued "
-        "[SERVICE_SHUTDOWN_GRACE] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=env.get("SERVICE_LOG_LEVEL", base.log_level),
-        help="logging level [SERVICE_LOG_LEVEL] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=env.get("SERVICE_LOG_FORMAT", base.log_format),
-        help="log lines as readable text or one JSON object each [SERVICE_LOG_FORMAT] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-file",
-        type=Path,
-        default=Path(env["SERVICE_LOG_FILE"]) if env.get("SERVICE_LOG_FILE") else None,
-        help="write the log to this file, rotated by size, instead of stderr [SERVICE_LOG_FILE]",
-    )
-    parser.add_argument(
-        "--log-max-mb",
-        type=float,
-        default=_env_float(env, "SERVICE_LOG_MAX_MB", base.log_max_mb),
-        help="rotate the log file when it reaches this many MiB; 0 never [SERVICE_LOG_MAX_MB] "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-backups",
-        type=int,
-        default=_env_int(env, "SERVICE_LOG_BACKUPS", base.log_backups),
-        help="rotated log files kept (service.log.1 ...) [SERVICE_LOG_BACKUPS] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--api-token",
-        default=env.get("SERVICE_API_TOKEN") or None,
-        help="require `Authorization: Bearer <token>` on every endpoint but /health and /openapi.json "
-        "[SERVICE_API_TOKEN]",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=_env_int(env, "SERVICE_MAX_QUEUE", base.max_queue),
-        help="queued jobs past which uploads get 429 and Retry-After; 0 no limit [SERVICE_MAX_QUEUE] "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--priority-aging-seconds",
-        type=float,
-        default=_env_float(env, "SERVICE_PRIORITY_AGING_SECONDS", base.priority_aging_seconds),
-        help="a queued job gains one priority level per this many seconds waited, up to just below "
-        "urgent [SERVICE_PRIORITY_AGING_SECONDS] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--retention-days",
-        type=float,
-        default=_env_float(env, "SERVICE_RETENTION_DAYS", base.retention_seconds / 86400),
-        help="remove finished jobs, their audio and transcripts this many days after they end; "
-        "0 keeps them [SERVICE_RETENTION_DAYS] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--delete-audio-on-complete",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag(env, "SERVICE_DELETE_AUDIO_ON_COMPLETE", base.delete_audio_on_complete),
-        help="remove a job's audio as soon as it completes [SERVICE_DELETE_AUDIO_ON_COMPLETE]",
-    )
-    parser.add_argument(
-        "--transcript-cache",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag(env, "SERVICE_TRANSCRIPT_CACHE", base.transcript_cache),
-        help="reuse the transcript of identical audio with identical model and options "
-        "[SERVICE_TRANSCRIPT_CACHE] (default on)",
-    )
-    parser.add_argument(
-        "--webhook-secret",
-        default=env.get("SERVICE_WEBHOOK_SECRET") or None,
-        help="sign webhook bodies with HMAC-SHA256 under this key [SERVICE_WEBHOOK_SECRET]",
-    )
-    parser.add_argument(
-        "--webhook-allowed-hosts",
-        default=env.get("SERVICE_WEBHOOK_ALLOWED_HOSTS", ""),
-        help="comma-separated hosts callback_url may name; empty allows any [SERVICE_WEBHOOK_ALLOWED_HOSTS]",
-    )
-    parser.add_argument(
-        "--webhook-retry-seconds",
-        type=float,
-        default=_env_float(env, "SERVICE_WEBHOOK_RETRY_SECONDS", base.webhook_retry_seconds),
-        help="keep retrying a failed webhook delivery this long [SERVICE_WEBHOOK_RETRY_SECONDS] "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--webhook-timeout",
-        type=float,
-        default=_env_float(env, "SERVICE_WEBHOOK_TIMEOUT", base.webhook_timeout),
-        help="seconds one webhook request may take [SERVICE_WEBHOOK_TIMEOUT] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=env.get("SERVICE_BACKEND", base.backend),
-        help="where jobs and the queue live: sqlite (this instance only) or redis (shared by "
-        "many instances) [SERVICE_BACKEND] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=env.get("SERVICE_REDIS_URL", base.redis_url),
-        help="Redis for --backend redis [SERVICE_REDIS_URL] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--redis-prefix",
-        default=env.get("SERVICE_REDIS_PREFIX", base.redis_prefix),
-        help="key prefix in Redis; instances with the same prefix share one queue "
-        "[SERVICE_REDIS_PREFIX] (default %(default)s)",
-    )
-    parser.add_argument(
-        "--lease-seconds",
-        type=float,
-        default=_env_float(env, "SERVICE_LEASE_SECONDS", base.lease_seconds),
-        help="with redis: a running job is taken over by another instance this long after its "
-        "instance stops renewing it [SERVICE_LEASE_SECONDS] (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        return Settings(
-            host=args.host,
-            port=args.port,
-            storage_dir=args.storage_dir,
-            model_dir=args.model_dir,
-            model=args.model,
-            engine=args.engine,
-            device=args.device,
-            compute_type=args.compute_type,
-            threads=args.threads,
-            workers=args.workers,
-            max_upload_bytes=args.max_upload_mb * 1024**2,
-            beam_size=args.beam_size,
-            max_attempts=args.max_attempts,
-            isolation=args.isolation,
-            max_models=args.max_models,
-            model_memory_mb=args.model_memory_mb,
-            model_idle_seconds=args.model_idle_seconds,
-            model_fallback=args.model_fallback,
-            job_timeout=args.job_timeout,
-            shutdown_grace=args.shutdown_grace,
-            log_level=args.log_level.upper(),
-            log_format=args.log_format,
-            log_file=args.log_file,
-            log_max_mb=args.log_max_mb,
-            log_backups=args.log_backups,
-            api_token=args.api_token,
-            max_queue=args.max_queue,
-            priority_aging_seconds=args.priority_aging_seconds,
-            retention_seconds=args.retention_days * 86400,
-            delete_audio_on_complete=args.delete_audio_on_complete,
-            transcript_cache=args.transcript_cache,
-            webhook_secret=args.webhook_secret,
-            webhook_allowed_hosts=tuple(args.webhook_allowed_hosts.split(",")),
-            webhook_retry_seconds=args.webhook_retry_seconds,
-            webhook_timeout=args.webhook_timeout,
-            backend=args.backend,
-            redis_url=args.redis_url,
-            redis_prefix=args.redis_prefix,
-            lease_seconds=args.lease_seconds,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    parser = build_parser(env)
+    flags = vars(parser.parse_args(argv))
+    given: dict[str, tuple[str, str]] = {}  # field -> (the flag or variable, its text)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.field in flags:
+            value = flags[option.field]
+            if option.is_switch:
+                values[option.field] = value
+                continue
+            given[option.field] = (option.flag, value)
+        elif env.get(option.env):
+            given[option.field] = (option.env, env[option.env])
+    problems: list[str] = []
+    for field, (_, text) in given.items():
+        try:
+            values[field] = OPTIONS_BY_FIELD[field].from_text(text)
+        except ValidationError as exc:
+            problems += _explain(exc.errors(), given, field)
+    if not problems:
+        try:
+            return Settings(**values)
+        except ValidationError as exc:
+            problems = _explain(exc.errors(), given)
+    parser.error("; ".join(problems))

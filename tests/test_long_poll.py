@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from conftest import FakeEngine, ServerProcess, eval_clip, reference_text, word_error_rate
 from test_api import ClientFactory, form
 
-from service.api.keys import WATCH, WORKER
+from service.api.keys import SERVICES
 from service.app import create_app
 from service.settings import Settings
 
@@ -45,7 +45,7 @@ async def test_wait_answers_when_the_job_completes(held: tuple[TestClient[Any, A
     assert body["status"] == "completed"
     assert body["transcript"].endswith("samples")
     assert time.monotonic() - started < 10
-    assert client.app is not None and client.app[WATCH].waiting == 0  # nothing left subscribed
+    assert client.app is not None and client.app[SERVICES].watch.waiting == 0  # nothing left subscribed
 
 
 async def test_wait_expires_with_the_current_state(held: tuple[TestClient[Any, Any], FakeEngine]) -> None:
@@ -96,7 +96,7 @@ async def test_shutdown_releases_waiting_requests(held: tuple[TestClient[Any, An
     request = asyncio.ensure_future(client.get("/status/lp-5?wait=30"))
     await asyncio.sleep(0.3)
     assert client.app is not None
-    await client.app[WORKER].stop()
+    await client.app[SERVICES].worker.stop()
     resp = await asyncio.wait_for(request, 5)
     assert (await resp.json())["status"] in ("queued", "processing")
 

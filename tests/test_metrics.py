@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_api import ClientFactory, form, wait_status
 from test_job_control import _unique_wav
 
-from service.api.keys import WORKER
+from service.api.keys import SERVICES
 from service.app import create_app
 from service.inference import audio
 from service.settings import Settings
@@ -180,7 +180,7 @@ async def test_every_kind_of_refused_upload_is_counted(tmp_path: Path, aiohttp_c
     await post(409, data=form(_unique_wav(tmp_path, "other", 3), job_id="run"))
     await post(202, data=form(_unique_wav(tmp_path, "q1", 2), job_id="q1"))
     await post(429, data=form(_unique_wav(tmp_path, "q2", 4), job_id="q2"))
-    await app[WORKER].stop()
+    await app[SERVICES].worker.stop()
     await post(503, data=form(CLIP, job_id="late"))
 
     assert (await client.get("/metrics")).status == 401  # the token guards /metrics too

@@ -331,9 +331,9 @@ async def test_waits_past_a_minute_and_answers_when_the_job_ends(
     """The request outlasts several long-poll steps (shortened here) and sees the job's end."""
     import asyncio
 
-    from service.api import routes
+    from service.usecases import views
 
-    monkeypatch.setattr(routes, "MAX_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(views, "MAX_WAIT_SECONDS", 0.2)
     engine = FakeEngine()
     engine.gate.clear()
     client = await aiohttp_client(create_app(settings, engine=engine))

@@ -26,12 +26,14 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_api import ClientFactory, leftover_files
+from test_api import ClientFactory, form, leftover_files, wait_status
 
 from service.api import auth, dashboard, openai_compat, openapi
 from service.app import create_app
+from service.inference.worker import WorkerState
 from service.jobs.formats import FORMATS
-from service.jobs.job import Job, Task
+from service.jobs.job import JOB_ID_PATTERN, MAX_PRIORITY, MIN_PRIORITY, PRIORITIES, Job, JobStatus, Task
+from service.jobs.view import JobSummary, JobView
 from service.settings import Settings
 
 # Streams run until the job ends, and the WebSocket route only makes sense as an upgrade:
@@ -113,11 +115,67 @@ def test_document_is_well_formed() -> None:
     assert len(list(schemathesis.openapi.from_dict(document).get_all_operations())) == len(operation_ids)
 
 
+def test_route_table_names_the_routes_the_app_registers(tmp_path: Path) -> None:
+    """Each table entry's route name is registered with that method and path, and every named
+    route has an entry: the names are the contract with the route table in routes.py."""
+    app = create_app(Settings(storage_dir=tmp_path / "storage"))
+    for op in openapi.OPERATIONS:
+        resource = app.router[op.name]
+        assert resource.canonical == op.path, op.name
+        assert op.method in {route.method for route in resource}, op.name
+    assert set(app.router.named_resources()) == {op.name for op in openapi.OPERATIONS}
+
+
+def test_document_takes_enums_and_patterns_from_the_code() -> None:
+    document = openapi.build_document()
+    schemas = document["components"]["schemas"]
+    assert _resolve(document, schemas["JobView"]["properties"]["status"])["enum"] == [
+        s.value for s in JobStatus
+    ]
+    assert _resolve(document, schemas["JobSummary"]["properties"]["task"])["enum"] == [t.value for t in Task]
+    for name in ("JobView", "JobSummary", "JobAccepted", "Cancelled"):
+        assert schemas[name]["properties"]["job_id"]["pattern"] == JOB_ID_PATTERN.pattern, name
+    form = document["paths"]["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["job_id"]["pattern"] == JOB_ID_PATTERN.pattern
+    worker = _resolve(document, schemas["Health"]["properties"]["worker"])
+    assert worker["enum"] == [state.value for state in WorkerState]
+    assert schemas["JobSummary"]["properties"]["priority_name"]["enum"] == list(PRIORITIES)
+    levels, numbers = form["properties"]["priority"]["anyOf"]
+    assert levels["enum"] == list(PRIORITIES)
+    assert (numbers["minimum"], numbers["maximum"]) == (MIN_PRIORITY, MAX_PRIORITY)
+    status = next(p for p in document["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "status")
+    assert all(s.value in status["schema"]["pattern"] for s in JobStatus)
+
+
+def _conforms(document: dict[str, Any], name: str, body: Any) -> None:
+    """`body` is valid against the document's schema `name` (its $refs resolved in the document)."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    Draft202012Validator(root).validate(body)
+
+
+async def test_real_bodies_conform_to_the_models(settings: Settings, aiohttp_client: ClientFactory) -> None:
+    """A real job, run to the end: its /status body is a JobView (the document's schema, and the
+    model reads it back unchanged), and the lists that show it conform too."""
+    client = await aiohttp_client(create_app(settings, engine=FakeEngine()))
+    upload = form(data=CLIP.read_bytes(), job_id="view-1", word_timestamps="true", priority="high")
+    assert (await client.post("/transcribe", data=upload)).status == 202
+    body = await wait_status(client, "view-1", {"completed"})
+    document = openapi.build_document()
+    _conforms(document, "JobView", body)
+    assert JobView.model_validate(body).body() == body
+    assert body["transcript"] and body["options"] == {"word_timestamps": True}
+    jobs = await (await client.get("/jobs")).json()
+    _conforms(document, "JobList", jobs)
+    assert JobSummary.model_validate(jobs["jobs"][0]).body() == jobs["jobs"][0]
+    _conforms(document, "QueueView", await (await client.get("/queue")).json())
+    _conforms(document, "Health", await (await client.get("/health")).json())
+
+
 def test_upload_documents_every_form_field() -> None:
-    from service.api.routes import _TEXT_FIELDS
+    from service.usecases.submit import FIELDS
 
     form = openapi.PATHS["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]
-    assert set(form["schema"]["properties"]) == {"file", *_TEXT_FIELDS}
+    assert set(form["schema"]["properties"]) == {"file", *FIELDS}
     responses = openapi.PATHS["/transcribe"]["post"]["responses"]
     assert {"200", "202", "400", "401", "409", "413", "415", "429", "503"} <= set(responses)
     assert "Retry-After" in responses["429"]["headers"]

@@ -30,7 +30,7 @@ from test_server_process import (
     wait_for_progress,
 )
 
-from service.api.keys import WORKER
+from service.api.keys import SERVICES
 from service.app import create_app
 from service.engines.bundled import bundled_ct2_dir
 from service.engines.ct2_import import cached_import
@@ -309,7 +309,7 @@ async def test_uploads_during_shutdown_get_503_and_store_nothing(
     resp = await client.post("/transcribe", data=form(eval_clip(SHORT), job_id="running"))
     assert resp.status == 202
     assert client.app is not None
-    await client.app[WORKER].stop()
+    await client.app[SERVICES].worker.stop()
     resp = await client.post("/transcribe", data=form(eval_clip(SHORT), job_id="late"))
     assert resp.status == 503 and resp.headers["Retry-After"] == "5"
     assert "shutting down" in (await resp.json())["error"]

@@ -25,10 +25,10 @@ BUILD_APP = """
 import sys
 from service.settings import parse_settings
 from service.app import create_app
-from service.api.keys import ENGINE
+from service.api.keys import SERVICES
 
 app = create_app(parse_settings(["--storage-dir", sys.argv[1], "--engine", sys.argv[2]]))
-catalog = app[ENGINE]
+catalog = app[SERVICES].catalog
 catalog.check_model_name("tiny.en")
 catalog.list_models()
 print(catalog.device)

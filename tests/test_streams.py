@@ -23,7 +23,7 @@ from aiohttp import FormData, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 from conftest import FakeEngine, ServerProcess, wait_for_status, write_wav
 
-from service.api.keys import WORKER
+from service.api.keys import SERVICES
 from service.api.streams import STREAMS
 from service.app import create_app
 from service.engines.base import DecodeOptions
@@ -275,7 +275,7 @@ async def test_streams_end_when_the_worker_stops(fake: tuple[TestClient[Any, Any
     assert (await _read_ws(ws, limit=1))[0]["type"] == "state"
     assert (await _read_sse(sse, stop=lambda out: len(out) >= 1))[0]["type"] == "state"
     started = time.monotonic()
-    await client.app[WORKER].stop()
+    await client.app[SERVICES].worker.stop()
     rest = await asyncio.wait_for(_read_ws(ws), 5)
     assert ws.close_code == 1001  # going away: reconnect later, the job is not over
     assert rest[-1]["type"] == "state" and rest[-1]["data"]["status"] == "processing"

@@ -15,15 +15,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import FakeEngine
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.api.keys import SERVICES
+from service.app import create_app, create_backend
 from service.errors import StoreUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvents
@@ -36,9 +39,8 @@ from service.webhooks.deliveries import (
     PENDING,
     RedisDeliveryStore,
     SqliteDeliveryStore,
-    delivery_store_for,
 )
-from service.webhooks.dispatcher import WebhookDispatcher
+from service.webhooks.dispatcher import WebhookDispatcher, claim_lease_seconds
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 LEASE = 0.5  # claim lease of the stores under test (seconds)
@@ -123,20 +125,25 @@ async def keys_of(jobs: Jobs) -> list[str]:
 # -- choosing the store ------------------------------------------------------------------------
 
 
-async def test_the_store_follows_the_job_store(
-    tmp_path: Path, settings: Settings, instances: Callable[[], Jobs]
-) -> None:
-    assert isinstance(delivery_store_for(SqliteJobStore(tmp_path / "jobs.db")), SqliteDeliveryStore)
-    jobs = instances()
-    store = delivery_store_for(jobs)
-    assert isinstance(store, RedisDeliveryStore) and store.redis is jobs.redis
-    dispatcher = WebhookDispatcher(
-        dataclasses.replace(settings, webhook_timeout=4.0), jobs, Layout(tmp_path), JobEvents()
+async def test_the_store_follows_the_job_store(tmp_path: Path, settings: Settings) -> None:
+    """The app factory picks the deliveries' store with the job store, and nowhere else."""
+    sqlite = create_backend(dataclasses.replace(settings, backend="sqlite"), Layout(tmp_path))
+    assert isinstance(sqlite.store, SqliteJobStore) and sqlite.redis is None
+    assert isinstance(sqlite.deliveries, SqliteDeliveryStore)
+    shared = dataclasses.replace(
+        settings, backend="redis", redis_prefix=f"test-{uuid.uuid4().hex}", webhook_timeout=4.0
     )
-    assert isinstance(dispatcher.store, RedisDeliveryStore)
-    assert dispatcher.store.claim_lease_s > 4.0  # outlasts an attempt
-    with pytest.raises(TypeError):
-        delivery_store_for(object())
+    redis = create_backend(shared, Layout(tmp_path))
+    try:
+        assert redis.redis is redis.store
+        assert (
+            isinstance(redis.deliveries, RedisDeliveryStore) and redis.deliveries.redis is redis.redis.redis
+        )
+        assert redis.deliveries.claim_lease_s > 4.0  # outlasts an attempt
+        dispatcher = create_app(shared, engine=FakeEngine())[SERVICES].webhooks
+        assert isinstance(dispatcher.store, RedisDeliveryStore) and dispatcher.store.claim_lease_s > 4.0
+    finally:
+        await redis.redis.redis.aclose()
 
 
 # -- recording endings -------------------------------------------------------------------------
@@ -362,12 +369,15 @@ async def test_two_dispatchers_deliver_each_webhook_exactly_once(
     events_by_instance: list[JobEvents] = []
     for _ in range(2):
         events = JobEvents()
-        dispatcher = WebhookDispatcher(settings, instances(), layout, events, store=None)
+        jobs = instances()
+        dispatcher = WebhookDispatcher(
+            settings, RedisDeliveryStore(jobs, claim_lease_seconds(settings)), layout, events
+        )
         assert isinstance(dispatcher.store, RedisDeliveryStore)
         dispatcher.backoff_base = 0.1
         dispatchers.append(dispatcher)
         events_by_instance.append(events)
-    first = dispatchers[0].journal
+    first = cast(RedisDeliveryStore, dispatchers[0].store).journal
     assert isinstance(first, Jobs)
     statuses = {job_id: "failed" if index % 2 else "completed" for index, job_id in enumerate(job_ids)}
     for job_id, status in statuses.items():
@@ -411,7 +421,9 @@ async def test_an_unreachable_redis_does_not_stop_the_loop(settings: Settings, t
         store = await store_on(jobs)
         with pytest.raises(StoreUnavailable):
             await store.record_ending("job1")
-        dispatcher = WebhookDispatcher(settings, jobs, Layout(tmp_path), JobEvents())
+        dispatcher = WebhookDispatcher(
+            settings, RedisDeliveryStore(jobs, claim_lease_seconds(settings)), Layout(tmp_path), JobEvents()
+        )
         await dispatcher.start()  # logs, and keeps trying in the loop
         await asyncio.sleep(0.3)
         assert dispatcher._loop_task is not None and not dispatcher._loop_task.done()

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import FakeEngine, eval_clip, free_port, reference_text, word_error_rate
 
 from service import __version__
-from service.api.keys import WEBHOOKS
+from service.api.keys import SERVICES
 from service.app import create_app
 from service.settings import Settings
 
@@ -113,7 +113,7 @@ async def start_app(
     aiohttp_client: ClientFactory, settings: Settings, engine: FakeEngine | None = None
 ) -> TestClient[Any, Any]:
     app = create_app(settings, engine=engine or FakeEngine())
-    app[WEBHOOKS].backoff_base = FAST_BACKOFF
+    app[SERVICES].webhooks.backoff_base = FAST_BACKOFF
     return await aiohttp_client(app)
 
 
@@ -130,7 +130,7 @@ def served_app(client: TestClient[Any, Any]) -> web.Application:
 
 
 async def deliveries(client: TestClient[Any, Any], job_id: str) -> list[dict[str, Any]]:
-    return await served_app(client)[WEBHOOKS].deliveries(job_id)
+    return await served_app(client)[SERVICES].webhooks.deliveries(job_id)
 
 
 async def wait_delivery(

@@ -62,8 +62,3 @@ async def asset(request: web.Request) -> web.Response:
     if not _ASSET_NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound()
     return await _serve(request, path, _CONTENT_TYPES[path.suffix])
-
-
-def setup_dashboard_routes(app: web.Application) -> None:
-    app.router.add_get("/", index, name="dashboard")
-    app.router.add_get(STATIC_PREFIX + "{name}", asset, name="dashboard_asset")

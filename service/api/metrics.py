@@ -24,12 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from service import __version__
-from service.api.keys import ENGINE, EVENTS, JOURNAL, SETTINGS, STARTED_AT, WORKER
-from service.inference.process import ProcessRunner
+from service.api.keys import SERVICES
 from service.jobs import events as ev
 from service.jobs.events import JobEvent
 from service.jobs.job import JobStatus
 from service.store.base import JobStore
+from service.usecases.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -221,19 +221,19 @@ class Metrics:
                 await task
 
     # -- how things are -------------------------------------------------------------------
-    async def refresh(self, app: web.Application) -> None:
-        worker = app[WORKER]
+    async def refresh(self, services: Services) -> None:
+        worker = services.worker
 
         models: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # restarting, or just died: no models right now
             models = await asyncio.wait_for(worker.runner.models(), MODELS_TIMEOUT_SECONDS)
         self.live.snapshot = Snapshot(
-            jobs_by_status=await app[JOURNAL].counts_by_status(),
+            jobs_by_status=await services.store.counts_by_status(),
             running=len(worker.active_jobs),
             models=models,
             restarts=worker.runner.restarts,
             worker_ready=worker.model_loaded and not worker.stopping and worker.fatal_error is None,
-            uptime_s=time.time() - app[STARTED_AT],
+            uptime_s=time.time() - services.started_at,
         )
 
     def render(self) -> bytes:
@@ -246,7 +246,7 @@ METRICS = web.AppKey("metrics", Metrics)
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     await metrics.settle()
-    await metrics.refresh(request.app)
+    await metrics.refresh(request.app[SERVICES])
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -274,15 +274,15 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup_metrics(app: web.Application) -> None:
     """Create the app's metrics, listen for job endings, serve GET /metrics."""
-    settings = app[SETTINGS]
+    services = app[SERVICES]
+    settings = services.settings
     build = {
         "version": __version__,
         "engine": settings.engine,
         "model": settings.model,
-        "device": app[ENGINE].device,
-        "isolation": "process" if isinstance(app[WORKER].runner, ProcessRunner) else "thread",
+        "device": services.catalog.device,
+        "isolation": services.worker.runner.isolation,
     }
     metrics = app[METRICS] = Metrics(build)
-    app[EVENTS].add_listener(metrics.listener(app[JOURNAL]))
+    services.events.add_listener(metrics.listener(services.store))
     app.cleanup_ctx.append(_metrics_ctx)
-    app.router.add_get("/metrics", metrics_handler, name="metrics")

@@ -17,12 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from service.api import control, routes
-from service.api.keys import ENGINE, SETTINGS, STARTED_AT, WORKER
+from service.api.keys import SERVICES
+from service.api.uploads import read_form
 from service.errors import BadRequest, JobConflict, ModelUnavailable, ServiceError, ServiceUnavailable
 from service.inference.worker import KILL_AFTER_SECONDS, job_timeout
 from service.jobs import formats
 from service.jobs.job import Job, JobStatus, Task
+from service.usecases import views
 
 PREFIX = "/v1/"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -116,10 +117,11 @@ def resolve_model(request: web.Request, name: str) -> str:
     `gpt-4o-transcribe`, paths) means the default, so clients need no configuration.
     """
     name = name.strip()
-    if not name or name == request.app[SETTINGS].model or "/" in name or "\\" in name:
+    services = request.app[SERVICES]
+    if not name or name == services.settings.model or "/" in name or "\\" in name:
         return ""
     try:
-        request.app[ENGINE].check_model_name(name)
+        services.catalog.check_model_name(name)
     except ModelUnavailable:
         return ""
     return name
@@ -165,8 +167,9 @@ def to_service_fields(request: web.Request, raw: dict[str, str], task: Task, job
     words = "word" in _granularities(raw) and fmt == "verbose_json"
     _check_temperature(raw)
     model = resolve_model(request, raw.get("model", ""))
-    effective = model or request.app[SETTINGS].model
-    engine = request.app[ENGINE]
+    services = request.app[SERVICES]
+    effective = model or services.settings.model
+    engine = services.catalog
     if engine.is_english_only(effective):
         if task is Task.TRANSLATE:
             raise ParamError(
@@ -201,9 +204,10 @@ async def _wait_for_end(request: web.Request, job: Job) -> Job:
     A queued job may wait as long as the queue takes; a running one at most its time limit
     (the worker fails it then), so a lost ending cannot hold the request forever.
     """
-    settings, worker = request.app[SETTINGS], request.app[WORKER]
+    services = request.app[SERVICES]
+    settings, worker = services.settings, services.worker
     while not job.status.finished and not worker.stopping:
-        step = routes.MAX_WAIT_SECONDS
+        step = views.MAX_WAIT_SECONDS
         if job.status is JobStatus.PROCESSING and job.started_at is not None:
             limit = 2 * job_timeout(settings, job.duration_s) + KILL_AFTER_SECONDS + _WAIT_SLACK_S
             left = job.started_at + limit - time.time()
@@ -213,7 +217,7 @@ async def _wait_for_end(request: web.Request, job: Job) -> Job:
                     f"its result will be at /status/{job.job_id}."
                 )
             step = min(step, left)
-        job = await routes.wait_until_finished(request, job, step)
+        job = await services.views.wait_until_finished(job, step)
     return job
 
 
@@ -228,22 +232,29 @@ def render(result: dict[str, Any], fmt: str, job: Job) -> tuple[str, str]:
 
 
 async def _speech_to_text(request: web.Request, task: Task) -> web.Response:
-    routes.check_accepting(request)
-    await control.check_queue_room(request.app)  # before the body is read: nothing is stored
+    services = request.app[SERVICES]
+    services.control.check_accepting()
+    await services.control.check_queue_room()  # before the body is read: nothing is stored
     job_id = f"oai-{uuid.uuid4().hex}"
 
     def check(raw: dict[str, str]) -> None:
-        routes.check_fields(request, to_service_fields(request, raw, task, job_id))
+        services.submissions.parse(to_service_fields(request, raw, task, job_id))
 
-    form = await routes.read_form(request, _FIELDS, check, repeated=_REPEATED)
+    form = await read_form(
+        request,
+        _FIELDS,
+        check,
+        services.layout.tmp,
+        services.settings.max_upload_bytes,
+        repeated=_REPEATED,
+    )
     try:
         fmt = _response_format(form.fields)
         fields = to_service_fields(request, form.fields, task, job_id)
     except BaseException:
-        if form.upload is not None:
-            form.upload.discard()
+        form.discard()
         raise
-    job, _ = await routes.submit(request, fields, form.upload, form.filename)
+    job, _ = await services.submissions.submit(fields, form.upload, form.filename)
     job = await _wait_for_end(request, job)
     if job.status is JobStatus.FAILED:
         raise JobFailed(f"Transcription failed: {job.error}", headers={"x-should-retry": "false"})
@@ -254,7 +265,7 @@ async def _speech_to_text(request: web.Request, task: Task) -> web.Response:
             f"The service is restarting; job {job.job_id} is kept and runs once it is back "
             f"(GET /status/{job.job_id}), or send the request again."
         )
-    result = await routes.load_result(request, job)
+    result = await services.views.load_result(job)
     body, content_type = await asyncio.get_running_loop().run_in_executor(None, render, result, fmt, job)
     return web.Response(
         text=body, headers={"Content-Type": content_type, "X-Job-Id": job.job_id, "X-Model": job.model}
@@ -272,13 +283,19 @@ async def translations(request: web.Request) -> web.Response:
 
 
 def _model_entry(request: web.Request, name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": int(request.app[STARTED_AT]), "owned_by": OWNER}
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(request.app[SERVICES].started_at),
+        "owned_by": OWNER,
+    }
 
 
 async def _usable_models(request: web.Request) -> list[str]:
     """whisper-1, then what is loaded or loads with no network (names only, never paths)."""
-    loaded = [str(m["name"]) for m in await request.app[WORKER].runner.models()]
-    listed = await asyncio.get_running_loop().run_in_executor(None, request.app[ENGINE].list_models)
+    services = request.app[SERVICES]
+    loaded = [str(m["name"]) for m in await services.worker.runner.models()]
+    listed = await asyncio.get_running_loop().run_in_executor(None, services.catalog.list_models)
     names = [ALIAS]
     for name in [str(e["name"]) for e in listed if e.get("offline") or e["name"] in loaded] + loaded:
         if name not in names and "/" not in name and "\\" not in name:
@@ -298,10 +315,3 @@ async def retrieve_model(request: web.Request) -> web.Response:
     if name not in await _usable_models(request):
         raise UnknownModel(f"The model {name!r} does not exist here; see GET /v1/models.")
     return web.json_response(_model_entry(request, name))
-
-
-def setup_openai_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/audio/transcriptions", transcriptions, name="openai_transcriptions")
-    app.router.add_post("/v1/audio/translations", translations, name="openai_translations")
-    app.router.add_get("/v1/models", list_models, name="openai_models")
-    app.router.add_get("/v1/models/{model}", retrieve_model, name="openai_model")

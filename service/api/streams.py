@@ -20,11 +20,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from service.api.keys import EVENTS, JOURNAL, WATCH, WORKER
-from service.errors import BadRequest, JobNotFound, ServiceError, ServiceUnavailable
+from service.api.keys import SERVICES
+from service.errors import BadRequest, ServiceError, ServiceUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvent
-from service.jobs.job import JOB_ID_PATTERN, Job
+from service.jobs.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,6 @@ def _last_event_id(request: web.Request, header: bool) -> int:
     return value
 
 
-async def _find_job(request: web.Request, job_id: str) -> Job:
-    job = await request.app[JOURNAL].get(job_id) if JOB_ID_PATTERN.match(job_id) else None
-    if job is None:
-        raise JobNotFound(f"No job with id {job_id!r}.")
-    return job
-
-
-async def _status_body(request: web.Request, job: Job) -> dict[str, Any]:
-    from service.api.routes import status_body  # routes imports this module to register it
-
-    return await status_body(request, job)
-
-
 class _Stream:
     """One client's messages: state, replayed and live events, final state.
 
@@ -137,9 +124,10 @@ class _Stream:
             "status": ended.data.get("status") if ended is not None else self.job.status.value,
         }
         try:
-            job = await self.request.app[JOURNAL].get(job_id)
+            services = self.request.app[SERVICES]
+            job = await services.store.get(job_id)
             if job is not None:
-                return await _status_body(self.request, job)
+                return await services.views.status(job)
         except ServiceError as exc:  # e.g. a completed job whose transcript file went missing
             fallback["error"] = exc.message
         except Exception:  # the journal is closing under a shutdown
@@ -147,12 +135,12 @@ class _Stream:
         return fallback
 
     def _stopping(self) -> bool:
-        return self.request.app[STREAMS].closing.is_set() or self.request.app[WORKER].stopping
+        return self.request.app[STREAMS].closing.is_set() or self.request.app[SERVICES].worker.stopping
 
     async def _next_event(self) -> JobEvent | None:
         """The next event, or None after KEEPALIVE_SECONDS or a wake-up (shutdown, job change)."""
         app = self.request.app
-        with app[WATCH].watching(self.job.job_id) as changed:  # Worker.stop wakes every watcher
+        with app[SERVICES].watch.watching(self.job.job_id) as changed:  # Worker.stop wakes every watcher
             getter = asyncio.ensure_future(self.queue.get())
             closing = asyncio.ensure_future(app[STREAMS].closing.wait())
             wake: set[asyncio.Future[Any]] = {getter, closing, changed}
@@ -168,7 +156,7 @@ class _Stream:
 
     async def messages(self) -> AsyncGenerator[Message | None, None]:
         """None now and then while idle: SSE writes a keep-alive comment for it."""
-        events = self.request.app[EVENTS]
+        events = self.request.app[SERVICES].events
         sent = self.last_id
         replay = events.since(self.job.job_id, sent)
         if self.job.status.finished:
@@ -218,17 +206,17 @@ def _latest_run(replay: list[JobEvent]) -> list[JobEvent]:
 async def _open_stream(request: web.Request, header_id: bool) -> AsyncIterator[_Stream]:
     """Subscribe, then read the job; 404 (before any upgrade) when there is none."""
     app = request.app
-    hub = app[STREAMS]
-    if hub.closing.is_set() or app[WORKER].stopping:
+    hub, services = app[STREAMS], app[SERVICES]
+    if hub.closing.is_set() or services.worker.stopping:
         raise ServiceUnavailable("The service is shutting down; reconnect in a moment.")
     job_id = request.match_info["job_id"]
     last_id = _last_event_id(request, header_id)
-    events = app[EVENTS]
+    events = services.events
     ended = asyncio.Event()
     try:
         with events.subscribe(job_id) as queue:  # first, so no event falls before the read
-            job = await _find_job(request, job_id)
-            first = await _status_body(request, job)
+            job = await services.views.get(job_id)
+            first = await services.views.status(job)
             hub.open.add(ended)
             try:
                 yield _Stream(request, job, first, queue, last_id)
@@ -306,8 +294,7 @@ async def server_sent_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def setup_stream_routes(app: web.Application) -> None:
+def setup_streams(app: web.Application) -> None:
+    """The hub of open streams, closed as shutdown begins."""
     app[STREAMS] = StreamHub()
     app.on_shutdown.append(app[STREAMS].close_all)
-    app.router.add_get("/ws/{job_id}", websocket, name="stream_ws")
-    app.router.add_get("/events/{job_id}", server_sent_events, name="stream_sse")

@@ -7,13 +7,21 @@ from pathlib import Path
 from service.cpus import threads_per_worker
 from service.engines.base import Engine, ModelCatalog
 from service.settings import Settings
-from service.store.files import Layout
+
+
+def default_models_dir(settings: Settings) -> Path:
+    """Where checkpoints live when the caller names no directory: --model-dir, else <storage>/models.
+
+    Worked out here because engines sit below the store and may not import it; store.files.Layout
+    gives the same answer (tests/test_architecture.py checks that the two agree).
+    """
+    return settings.model_dir if settings.model_dir is not None else settings.storage_dir / "models"
 
 
 def create_engine(settings: Settings, models_dir: Path | None = None) -> Engine:
     """Import lazily: torch and CTranslate2 are heavy, and only the chosen engine is needed."""
     if models_dir is None:
-        models_dir = Layout(settings.storage_dir, settings.model_dir).models
+        models_dir = default_models_dir(settings)
     threads = threads_per_worker(settings.threads, settings.workers)
     if settings.engine == "openai-whisper":
         from service.engines.openai_whisper import OpenAIWhisperEngine
@@ -40,7 +48,7 @@ def create_catalog(settings: Settings, models_dir: Path | None = None) -> ModelC
     (none of them torch) only when it lists or loads models, so it is its own catalog.
     """
     if models_dir is None:
-        models_dir = Layout(settings.storage_dir, settings.model_dir).models
+        models_dir = default_models_dir(settings)
     if settings.engine == "openai-whisper":
         from service.engines.openai_whisper_catalog import OpenAIWhisperCatalog
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from service.store.files import write_atomic
+from service.atomic import write_atomic
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from service.store.files import write_atomic
+from service.atomic import write_atomic
 
 # The DataType enum of CTranslate2's binary format, in its order.
 _CT2_DTYPES: tuple[Any, ...] = (

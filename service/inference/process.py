@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from service import logs
+from service.backoff import Backoff
 from service.engines.base import JobInterrupted, Result
 from service.inference.runner import (
     ProgressSink,
@@ -37,6 +38,7 @@ from service.inference.runner import (
     idle_check_seconds,
 )
 from service.settings import Settings
+from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
 class ProcessRunner:
     """Supervises the inference process: requests, progress, crash detection, restarts."""
 
+    isolation = "process"
+
     def __init__(
         self,
         settings: Settings,
@@ -178,9 +182,9 @@ class ProcessRunner:
         self._ready = asyncio.Event()
         self._hello: asyncio.Future[None] | None = None
         self._closing = False
-        self._crashes_in_a_row = 0
+        self._restart_pause = Backoff.stepped(RESTART_BACKOFF_SECONDS)  # counts crashes in a row
         self._started_at = 0.0
-        self._restart_task: asyncio.Task[None] | None = None
+        self._restarting = BackgroundTasks(log)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -289,16 +293,14 @@ class ProcessRunner:
             return
         log.error("inference process %s %s; restarting it", proc.pid, described)
         self.state = "restarting"
-        self._restart_task = asyncio.create_task(self._restart())
+        self._restarting.spawn(self._restart())
 
     async def _restart(self) -> None:
         while not self._closing:
             lived = time.monotonic() - self._started_at
             if lived >= STABLE_AFTER_SECONDS:
-                self._crashes_in_a_row = 0
-            pause = RESTART_BACKOFF_SECONDS[min(self._crashes_in_a_row, len(RESTART_BACKOFF_SECONDS) - 1)]
-            self._crashes_in_a_row += 1
-            await asyncio.sleep(pause)
+                self._restart_pause.reset()
+            await asyncio.sleep(self._restart_pause.next())
             if self._closing:
                 return
             self.restarts += 1
@@ -323,8 +325,7 @@ class ProcessRunner:
     async def close(self) -> None:
         """End the child; requests in flight fail with WorkerCrashed. Safe to call twice."""
         self._closing = True
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        await self._restarting.close()
         proc, conn = self._proc, self._conn
         if proc is None:
             return

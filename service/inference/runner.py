@@ -19,6 +19,7 @@ from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.inference import audio
 from service.inference.models import ModelManager
 from service.jobs.job import JobOptions
+from service.tasks import BackgroundTasks
 
 ProgressSink = Callable[[str, float], None]
 # Each decoded segment, as a dict (the shape /download's json has), for live streams.
@@ -128,6 +129,7 @@ def execute(
 class Runner(Protocol):
     pid: int | None
     restarts: int
+    isolation: str  # "process" or "thread", for metrics
 
     @property
     def ready(self) -> bool: ...
@@ -157,6 +159,8 @@ class Runner(Protocol):
 class ThreadRunner:
     """Inference on threads of this process: no isolation, no start-up cost."""
 
+    isolation = "thread"
+
     def __init__(
         self,
         manager: ModelManager,
@@ -171,7 +175,7 @@ class ThreadRunner:
         self._on_segment = on_segment
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._stop_flags: dict[str, threading.Event] = {}
-        self._idle_task: asyncio.Task[None] | None = None
+        self._idle = BackgroundTasks()  # evicts idle models, once started
 
     @property
     def ready(self) -> bool:
@@ -179,7 +183,7 @@ class ThreadRunner:
 
     async def start(self) -> None:
         await self.load(self.manager.default)
-        self._idle_task = asyncio.create_task(self._evict_idle_models())
+        self._idle.spawn(self._evict_idle_models())
 
     async def wait_ready(self) -> None:
         return None
@@ -228,8 +232,7 @@ class ThreadRunner:
         return None
 
     async def close(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        await self._idle.close()
         for flag in self._stop_flags.values():
             flag.set()
         await asyncio.get_running_loop().run_in_executor(

@@ -14,6 +14,8 @@ import time
 from enum import StrEnum
 
 from service import logs
+from service.atomic import write_json_atomic
+from service.backoff import Backoff
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
 from service.inference.runner import Runner, TranscribeRequest, WorkerCrashed
@@ -23,7 +25,8 @@ from service.jobs.job import Job, JobStatus
 from service.jobs.watch import JobWatch
 from service.settings import Settings
 from service.store.base import JobStore
-from service.store.files import Layout, write_json_atomic
+from service.store.files import Layout
+from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,10 @@ class ProgressWriter:
     def __init__(self, journal: JobStore, events: JobEvents | None = None) -> None:
         self.journal = journal
         self.events = events if events is not None else JobEvents()
-        self._writes: set[asyncio.Task[None]] = set()  # held, or the loop may drop them mid-write
+        self._writes = BackgroundTasks(log)  # held, or the loop may drop them mid-write
 
     def __call__(self, job_id: str, fraction: float) -> None:
-        task = asyncio.ensure_future(self.journal.set_progress(job_id, fraction))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._writes.spawn(self.journal.set_progress(job_id, fraction))
         self.events.publish(job_id, ev.PROGRESS, {"progress": round(fraction, 4)})
 
     def segment(self, job_id: str, segment: dict[str, object]) -> None:
@@ -106,14 +107,14 @@ class Worker:
         self.active_jobs: list[str] = []
         self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
         self._lost: set[str] = set()  # running jobs another instance took over (shared store)
-        self._announcing: set[asyncio.Task[None]] = set()
+        self._announcing = BackgroundTasks(log)
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
         self._loaded_models: set[str] = set()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()  # set once stop() is called
-        self._grace_task: asyncio.Task[None] | None = None
+        self._grace = BackgroundTasks(log)  # the interrupt after the grace period, once stopping
         self._idle = asyncio.Event()  # set while no job runs
         self._idle.set()
 
@@ -167,9 +168,7 @@ class Worker:
         if requeued:
             self.wake()
         for job_id in failed:
-            task = asyncio.ensure_future(self.job_ended(job_id))
-            self._announcing.add(task)
-            task.add_done_callback(self._announcing.discard)
+            self._announcing.spawn(self.job_ended(job_id))
 
     async def job_ended(self, job_id: str) -> None:
         """Tell waiters and streams what the journal now says about the job."""
@@ -219,7 +218,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
-        backoff = STORE_BACKOFF_SECONDS
+        backoff = Backoff(STORE_BACKOFF_SECONDS, STORE_BACKOFF_CAP_SECONDS)
         while not self._stopped.is_set():
             if not self.runner.ready:
                 ready = asyncio.ensure_future(self.runner.wait_ready())
@@ -231,12 +230,11 @@ class Worker:
                 job = await self.journal.claim_next(await self._prefer(), MODEL_SWITCH_PATIENCE_SECONDS)
                 if job is not None:
                     await self._process(job)
-                backoff = STORE_BACKOFF_SECONDS
+                backoff.reset()
             except StoreUnavailable:
                 # Logged by the store once per outage. A run whose outcome could not be
                 # written keeps no lease: another claim (here or elsewhere) runs it again.
-                await self._sleep_unless_stopping(backoff)
-                backoff = min(backoff * 2, STORE_BACKOFF_CAP_SECONDS)
+                await self._sleep_unless_stopping(backoff.next())
                 continue
             if job is None:
                 with contextlib.suppress(TimeoutError):
@@ -253,7 +251,7 @@ class Worker:
         self._stopped.set()
         self._wake.set()
         self.watch.notify_all()
-        self._grace_task = asyncio.create_task(self._interrupt_after_grace())
+        self._grace.spawn(self._interrupt_after_grace())
 
     async def _interrupt_after_grace(self) -> None:
         if self.active_jobs:
@@ -270,8 +268,7 @@ class Worker:
             await self.runner.close()
 
     async def close(self) -> None:
-        if self._grace_task is not None:
-            self._grace_task.cancel()
+        await self._grace.close()
         await self.runner.close()
 
     # -- one job --------------------------------------------------------------------------
@@ -358,16 +355,11 @@ class Worker:
         Returns whether the files were removed.
         """
 
-        def remove() -> None:
-            self.layout.audio_path(job.audio_file).unlink(missing_ok=True)
-            if transcript:
-                self.layout.transcript_path(job.job_id).unlink(missing_ok=True)
-
         async with self.submit_lock:
             current = await self.journal.get(job.job_id)
             if current is None or current.seq != job.seq or current.status is not status:
                 return False
-            await asyncio.get_running_loop().run_in_executor(None, remove)
+            await self.layout.remove_job_files_async(job.audio_file, job.job_id if transcript else None)
             return True
 
     async def _transcribe(self, job: Job) -> Result:

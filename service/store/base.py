@@ -1,14 +1,14 @@
 """The job store seam: what the rest of the service needs from wherever job state lives.
 
-Two implementations: `journal.SqliteJobStore` (SQLite in the storage directory, one instance) and
-`redis_store.RedisJobStore` (Redis, shared by many instances). Handlers, the worker and the
+Two implementations: `sqlite.SqliteJobStore` (SQLite in the storage directory, one instance) and
+`redis.RedisJobStore` (Redis, shared by many instances). Handlers, the worker and the
 background loops only ever see this protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.jobs.job import Job, JobStatus, NewJob
 
@@ -21,6 +21,9 @@ class JobStore(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    # What /health shows of the store ({} when there is nothing to add), and where it is, for logs.
+    def describe(self) -> dict[str, Any]: ...
+    def location(self) -> str: ...
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None: ...

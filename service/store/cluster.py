@@ -23,10 +23,12 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from service.backoff import Backoff
 from service.jobs import events as ev
 from service.jobs.events import JobEvent, JobEvents
 from service.jobs.watch import JobWatch
 from service.store.redis import RedisJobStore
+from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +56,17 @@ class ClusterBus:
         self.channel = store.key("bus")
         self.instance_id = store.instance_id
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._listening = BackgroundTasks(log)
+        self._sends = BackgroundTasks(log)
         events.add_listener(self._on_local_event)
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        self._task = asyncio.create_task(self._listen(), name="cluster-bus")
+        self._listening.spawn(self._listen(), name="cluster-bus")
         try:
             yield
         finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            for task in list(self._sends):
-                task.cancel()
+            await self._listening.close()
+            await self._sends.close()
 
     # -- out ------------------------------------------------------------------------------
     def _on_local_event(self, event: JobEvent) -> None:
@@ -81,9 +80,7 @@ class ClusterBus:
 
     def _send(self, message: dict[str, Any]) -> None:
         body = json.dumps({**message, "origin": self.instance_id})
-        task = asyncio.ensure_future(self._publish(body))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        self._sends.spawn(self._publish(body))
 
     async def _publish(self, body: str) -> None:
         try:
@@ -93,13 +90,13 @@ class ClusterBus:
 
     # -- in -------------------------------------------------------------------------------
     async def _listen(self) -> None:
-        delay = RECONNECT_BASE_SECONDS
+        backoff = Backoff(RECONNECT_BASE_SECONDS, RECONNECT_CAP_SECONDS)
         while True:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
-                delay = RECONNECT_BASE_SECONDS
+                backoff.reset()
                 # Jobs may have been queued while we were not listening: look once.
                 self.wake()
                 async for message in pubsub.listen():
@@ -109,8 +106,7 @@ class ClusterBus:
                 if self.connected.is_set():
                     log.warning("cluster bus: lost Redis (%s); reconnecting", exc)
                 self.connected.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_CAP_SECONDS)
+                await asyncio.sleep(backoff.next())
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

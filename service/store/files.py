@@ -1,4 +1,4 @@
-"""The storage directory's layout, atomic file writes and streamed uploads.
+"""The storage directory's layout and streamed uploads (atomic writes: service.atomic).
 
     <storage>/jobs.db                     the journal (SQLite, WAL)
     <storage>/pending/<job_id>.<ext>      uploaded audio, renamed into place when complete
@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO
 
+from service.atomic import fsync_dir
 from service.errors import UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -89,6 +88,19 @@ class Layout:
         for path in (self.root, self.pending, self.transcripts, self.models, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
 
+    def remove_job_files(self, audio_file: str | None, transcript_of: str | None = None) -> None:
+        """The one place a job's files leave the disk: its audio and, when `transcript_of` names
+        the job, its transcript. Blocking (an unlink each): call it off the event loop."""
+        if audio_file:
+            self.audio_path(audio_file).unlink(missing_ok=True)
+        if transcript_of is not None:
+            self.transcript_path(transcript_of).unlink(missing_ok=True)
+
+    async def remove_job_files_async(self, audio_file: str | None, transcript_of: str | None = None) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.remove_job_files, audio_file, transcript_of
+        )
+
 
 # With a shared store, leftovers younger than this may be another instance's upload in flight.
 SHARED_LEFTOVER_AGE_SECONDS = 3600.0
@@ -116,33 +128,6 @@ def lock_storage(layout: Layout, shared: bool = False) -> IO[bytes]:
             "(instances share a directory only with --backend redis)"
         ) from None
     return handle
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Write via `fill` to a temp name, fsync, rename: readers see the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fill(fp)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, lambda fp: fp.write(json.dumps(data, ensure_ascii=False).encode("utf-8")))
 
 
 def clean_start(layout: Layout, referenced_audio: set[str], min_age_s: float = 0.0) -> int:

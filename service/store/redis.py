@@ -44,9 +44,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.backoff import Backoff
 from service.errors import StoreUnavailable
 from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task, effective_priority
 from service.store.base import JobExists
+from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Writes that end a run retry this long while Redis is away (a restart), then give up: the
 # lease then expires and the job runs again, so nothing is lost.
 END_WRITE_RETRY_SECONDS = 120.0
+# Between those retries: doubling from the first pause up to the cap.
+END_WRITE_BACKOFF_SECONDS = 0.25
+END_WRITE_BACKOFF_CAP_SECONDS = 2.0
 _CRASHED = (
     "The worker crashed on this job {attempts} times; giving up. "
     "The audio may be malformed or too large for this machine."
@@ -451,7 +456,7 @@ class RedisJobStore:
                 ("heartbeat", _HEARTBEAT),
             )
         }
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(log)  # lease renewal and reclaim, while open
         self._down_since: float | None = None
         self._back_at: float | None = None  # when Redis last came back after an outage
         # Instances on this prefix that renewed their heartbeat within a lease (this one too).
@@ -485,6 +490,16 @@ class RedisJobStore:
         head, sep, tail = self.url.rpartition("@")
         return f"{head.split('//')[0]}//***@{tail}" if sep else self.url
 
+    def describe(self) -> dict[str, Any]:
+        """For /health: which instance this is and how many share the queue."""
+        return {"instance": self.instance_id, "instances": self.instances_alive}
+
+    def location(self) -> str:
+        return (
+            f"jobs and queue in Redis at {self.safe_url} (prefix {self.prefix}), shared with every "
+            f"instance there; this instance is {self.instance_id}"
+        )
+
     @property
     def reachable(self) -> bool:
         """False while the last call found Redis down (health reports it)."""
@@ -497,30 +512,23 @@ class RedisJobStore:
     async def _end_write(self, name: str, *args: object) -> Any:
         """A write that ends a run: retried through a Redis outage, for a while."""
         deadline = time.monotonic() + self.end_write_retry_s
-        delay = 0.25
+        backoff = Backoff(END_WRITE_BACKOFF_SECONDS, END_WRITE_BACKOFF_CAP_SECONDS)
         while True:
             try:
                 return await self._script(name, *args)
             except StoreUnavailable:
+                delay = backoff.next()
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def open(self) -> None:
         """Start renewing leases and sweeping expired ones. Redis may be down now: both retry."""
-        self._tasks = [
-            asyncio.create_task(self._renew_loop(), name="lease-renewal"),
-            asyncio.create_task(self._reclaim_loop(), name="lease-reclaim"),
-        ]
+        self._tasks.spawn(self._renew_loop(), name="lease-renewal")
+        self._tasks.spawn(self._reclaim_loop(), name="lease-reclaim")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._tasks.close()
         with contextlib.suppress(RedisError, OSError):  # leaving: no longer counted as alive
             await self.redis.zrem(self.key("instances"), self.instance_id)
         await self.redis.aclose()

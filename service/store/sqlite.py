@@ -136,6 +136,13 @@ class SqliteJobStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
 
+    def describe(self) -> dict[str, Any]:
+        """Nothing to add to /health: one instance, its own journal."""
+        return {}
+
+    def location(self) -> str:
+        return f"jobs in SQLite at {self.path}"
+
     # -- plumbing -----------------------------------------------------------------------
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` on the journal's thread in one transaction (for modules with own tables)."""

@@ -1,7 +1,7 @@
 """Where webhook deliveries live: the SQLite journal (one instance) or Redis (many instances).
 
-`WebhookDispatcher` (service/webhooks.py) does the HTTP, signing and backoff; it keeps its
-deliveries through a `DeliveryStore`, chosen by `delivery_store_for(journal)` from the job
+`WebhookDispatcher` (service/webhooks/dispatcher.py) does the HTTP, signing and backoff; it keeps its
+deliveries through a `DeliveryStore`, chosen by the app factory with the job
 store it runs with.
 
 SQLite: the `webhook_deliveries` table in the journal, next to `jobs`; one process owns it.
@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -126,18 +126,6 @@ class RedisKeyspace(Protocol):
     def redis(self) -> Any: ...  # a redis.asyncio.Redis made with decode_responses=True
 
     def key(self, *parts: str) -> str: ...
-
-
-def delivery_store_for(journal: object, claim_lease_s: float = DEFAULT_CLAIM_LEASE_SECONDS) -> DeliveryStore:
-    """The Redis store for a job store with a Redis client and key prefix, else the SQLite one.
-
-    `claim_lease_s` (Redis only) must exceed the longest an attempt takes (the webhook timeout).
-    """
-    if hasattr(journal, "redis") and callable(getattr(journal, "key", None)):
-        return RedisDeliveryStore(cast(RedisKeyspace, journal), claim_lease_s)
-    if not callable(getattr(journal, "run", None)):
-        raise TypeError(f"no webhook delivery store for a {type(journal).__name__}")
-    return SqliteDeliveryStore(cast(SqlJournal, journal))
 
 
 def snapshot(row: tuple[Any, ...]) -> dict[str, Any]:

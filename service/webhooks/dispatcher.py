@@ -1,6 +1,6 @@
 """Webhooks: when a job with a callback_url ends, POST its outcome there, signed, until it lands.
 
-Deliveries are kept where the jobs are (service/webhook_store.py: the SQLite journal's
+Deliveries are kept where the jobs are (service/webhooks/deliveries.py: the SQLite journal's
 `webhook_deliveries` table, or Redis shared by many instances), written before the first
 attempt, so a restart resumes them; start-up (and every IDLE_POLL_SECONDS) also adds
 deliveries for jobs that ended while none could be written (the process died in between).
@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -27,12 +26,14 @@ import aiohttp
 from aiohttp import web
 
 from service import __version__, logs
+from service.backoff import Backoff
 from service.errors import BadRequest, StoreUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvent, JobEvents
 from service.jobs.job import JobStatus
 from service.settings import Settings
 from service.store.files import Layout
+from service.tasks import BackgroundTasks
 from service.webhooks.deliveries import (
     CLAIM_MARGIN_SECONDS,
     DELIVERED,
@@ -40,7 +41,6 @@ from service.webhooks.deliveries import (
     PENDING,
     Delivery,
     DeliveryStore,
-    delivery_store_for,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ def check_callback_url(url: str, settings: Settings) -> None:
         )
 
 
+def claim_lease_seconds(settings: Settings) -> float:
+    """A claim (Redis) must outlast an attempt: the request's timeout, plus reading and recording."""
+    return settings.webhook_timeout + CLAIM_MARGIN_SECONDS
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The X-Webhook-Signature value: HMAC-SHA256 over `<timestamp>.<raw body>`."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -85,8 +90,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def backoff_delay(attempt: int, base: float, cap: float = BACKOFF_CAP_SECONDS) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based)."""
-    delay = min(cap, base * 2 ** min(attempt - 1, 30))
-    return delay * (1 - BACKOFF_JITTER * random.random())
+    return Backoff(base, cap, jitter=BACKOFF_JITTER).delay(attempt)
 
 
 def _read_transcript(path: Path) -> dict[str, Any] | None:
@@ -100,30 +104,21 @@ def _read_transcript(path: Path) -> dict[str, Any] | None:
 class WebhookDispatcher:
     """Owns the delivery loop over a `DeliveryStore`; `ctx` is its aiohttp cleanup context.
 
-    The store is `store`, or the one `delivery_store_for(journal)` picks: Redis for the Redis
-    job store, else the SQLite journal's table.
+    The store is the one the app factory chose with the job store: Redis for the Redis job
+    store (claimed for `claim_lease_seconds(settings)`), else the SQLite journal's table.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        journal: object,
-        layout: Layout,
-        events: JobEvents,
-        store: DeliveryStore | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, store: DeliveryStore, layout: Layout, events: JobEvents) -> None:
         self.settings = settings
-        self.journal = journal
         self.layout = layout
         self.events = events
-        # A claim (Redis) must outlast an attempt: the request's timeout, plus reading and recording.
-        self.store = store or delivery_store_for(journal, settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
+        self.store = store
         self.backoff_base = BACKOFF_BASE_SECONDS  # tests shorten it
         self.backoff_cap = BACKOFF_CAP_SECONDS
         self._wake = asyncio.Event()
         self._running = False
         self._loop_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # held, or the loop may drop them
+        self._tasks = BackgroundTasks(log)  # the loop, then its attempts and recordings
         self._in_flight: dict[str, Delivery] = {}
         self._session: aiohttp.ClientSession | None = None
         self._store_down = False
@@ -150,18 +145,13 @@ class WebhookDispatcher:
         else:
             if added:
                 log.info("webhooks: queued %d delivery(ies) for jobs that ended without one", added)
-        self._loop_task = asyncio.create_task(self._run(reconciled), name="webhooks")
+        self._loop_task = self._tasks.spawn(self._run(reconciled), name="webhooks")
 
     async def stop(self) -> None:
         """Prompt: attempts in flight are abandoned; they stay pending for the next start."""
         self._running = False
         abandoned = list(self._in_flight.values())
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.close()
         self._loop_task = None
         if abandoned:  # another instance (Redis) may take them now rather than when claims expire
             with contextlib.suppress(Exception):
@@ -177,9 +167,7 @@ class WebhookDispatcher:
         self._spawn(self._job_ended(event.job_id))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def _job_ended(self, job_id: str) -> None:
         with logs.job_context(job_id):
