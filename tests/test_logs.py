@@ -75,11 +75,11 @@ def test_text_format_is_unchanged_and_names_the_job(capsys: pytest.CaptureFixtur
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO service.worker: "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO service.inference.worker: "
         r"job a1: started \(attempt 1, model tiny.en\)",
         lines[0],
     )
-    assert lines[1].endswith("INFO service.models: model tiny.en loaded in 0.5 s [job a1]")
+    assert lines[1].endswith("INFO service.inference.models: model tiny.en loaded in 0.5 s [job a1]")
 
 
 def test_json_lines_carry_job_id_extra_fields_and_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,7 +134,7 @@ def test_inference_process_records_reach_the_servers_handlers(capsys: pytest.Cap
     assert (
         capsys.readouterr()
         .err.rstrip()
-        .endswith("INFO service.models[inference]: model tiny.en loaded [job c1]")
+        .endswith("INFO service.inference.models[inference]: model tiny.en loaded [job c1]")
     )
 
 

@@ -29,7 +29,7 @@ from service.app import create_app
 from service.engines.base import DecodeOptions
 from service.inference import audio
 from service.inference.models import ModelManager
-from service.inference.runner import TranscribeRequest, execute
+from service.inference.pipeline import TranscribeRequest, execute
 from service.jobs.job import JobOptions
 from service.settings import Settings
 

@@ -29,6 +29,7 @@ from service.jobs import events as ev
 from service.jobs.events import JobEvent
 from service.jobs.job import JobStatus
 from service.store.base import JobStore
+from service.tasks import BackgroundTasks
 from service.usecases.services import Services
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Metrics:
             self.finished.labels(outcome.value)
         self.live = _LiveCollector(build)
         self.registry.register(self.live)
-        self._observing: set[asyncio.Task[None]] = set()
+        self._observing = BackgroundTasks(log)
 
     # -- what happened --------------------------------------------------------------------
     def listener(self, journal: JobStore) -> Callable[[JobEvent], None]:
@@ -176,9 +177,7 @@ class Metrics:
                 return  # another instance's job: counted there
             self.finished.labels(str(event.data.get("status"))).inc()
             if event.data.get("status") == JobStatus.COMPLETED.value:
-                task = asyncio.ensure_future(self._observe_completed(journal, event.job_id))
-                self._observing.add(task)
-                task.add_done_callback(self._observing.discard)
+                self._observing.spawn(self._observe_completed(journal, event.job_id), name="metrics-observe")
 
         return on_event
 
@@ -211,14 +210,10 @@ class Metrics:
     async def settle(self) -> None:
         """Let observations of jobs that just ended land before a scrape reads them."""
         if self._observing:
-            await asyncio.wait(set(self._observing), timeout=PENDING_TIMEOUT_SECONDS)
+            await asyncio.wait(list(self._observing), timeout=PENDING_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
-        for task in list(self._observing):
-            task.cancel()
-        for task in list(self._observing):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._observing.close()
 
     # -- how things are -------------------------------------------------------------------
     async def refresh(self, services: Services) -> None:

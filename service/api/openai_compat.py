@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from service.api.keys import SERVICES
+from service.api.schemas import GRANULARITIES, OPENAI_PREFIX, RESPONSE_FORMATS
 from service.api.uploads import read_form
 from service.errors import BadRequest, JobConflict, ModelUnavailable, ServiceError, ServiceUnavailable
 from service.inference.worker import KILL_AFTER_SECONDS, job_timeout
@@ -25,9 +26,6 @@ from service.jobs import formats
 from service.jobs.job import Job, JobStatus, Task
 from service.usecases import views
 
-PREFIX = "/v1/"
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
-GRANULARITIES = ("segment", "word")
 # The name OpenAI's clients send by default; here it means the service's default model.
 ALIAS = "whisper-1"
 OWNER = "whisper-transcription-service"
@@ -92,7 +90,7 @@ class UnknownModel(ServiceError):
 
 
 def is_openai_path(path: str) -> bool:
-    return path.startswith(PREFIX)
+    return path.startswith(OPENAI_PREFIX)
 
 
 def error_response(

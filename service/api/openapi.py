@@ -24,7 +24,7 @@ from pydantic_core import core_schema
 from service import __version__
 from service.api import schemas as s
 from service.api.auth import OPEN_PATHS, OPEN_PREFIXES
-from service.api.openai_compat import RESPONSE_FORMATS, is_openai_path
+from service.api.schemas import RESPONSE_FORMATS
 from service.jobs import formats
 from service.jobs.job import JobStatus
 from service.jobs.view import JobView
@@ -70,14 +70,21 @@ class Operation:
     """One route: `name` is its name in app.router. A str response is a components/responses one."""
 
     name: str
-    method: str
-    path: str
+    route: str  # "METHOD /path", the path as app.router writes it
     operation_id: str
     summary: str
     responses: Mapping[int, Reply | str]
     description: str | None = None
     parameters: tuple[Param, ...] = ()
     form: Model | None = None  # a multipart/form-data request body
+
+    @property
+    def method(self) -> str:
+        return self.route.split(" ", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.route.split(" ", 1)[1]
 
     @property
     def open(self) -> bool:
@@ -137,8 +144,7 @@ def _openai_content() -> dict[str, Schema]:
 def _openai_audio(name: str, path: str, operation_id: str, summary: str, english_only_note: str) -> Operation:
     return Operation(
         name,
-        "POST",
-        path,
+        f"POST {path}",
         operation_id,
         summary,
         description=(
@@ -191,8 +197,7 @@ def _operations() -> tuple[Operation, ...]:
     return (
         Operation(
             "transcribe",
-            "POST",
-            "/transcribe",
+            "POST /transcribe",
             "transcribe",
             "Upload audio as a queued job",
             description=(
@@ -219,8 +224,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "status",
-            "GET",
-            "/status/{job_id}",
+            "GET /status/{job_id}",
             "getStatus",
             "A job's state; long-polls with ?wait=",
             parameters=(
@@ -240,8 +244,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "download",
-            "GET",
-            "/download/{job_id}",
+            "GET /download/{job_id}",
             "download",
             "A completed job's transcript in one of several formats",
             parameters=(
@@ -265,8 +268,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "health",
-            "GET",
-            "/health",
+            "GET /health",
             "health",
             "Readiness: 200 only while a model is ready for jobs",
             responses={
@@ -279,16 +281,14 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "models",
-            "GET",
-            "/models",
+            "GET /models",
             "listModels",
             "Known models: which load offline, which are on disk, which are loaded",
             responses={200: Reply("The models.", s.ModelList)},
         ),
         Operation(
             "load_model",
-            "POST",
-            "/models/{name}/load",
+            "POST /models/{name}/load",
             "loadModel",
             "Load (warm) a model",
             parameters=(MODEL_NAME,),
@@ -299,8 +299,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "unload_model",
-            "DELETE",
-            "/models/{name}",
+            "DELETE /models/{name}",
             "unloadModel",
             "Unload a model",
             parameters=(MODEL_NAME,),
@@ -313,8 +312,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "cancel",
-            "DELETE",
-            "/jobs/{job_id}",
+            "DELETE /jobs/{job_id}",
             "cancelJob",
             "Cancel a queued or running job",
             parameters=(JOB_ID,),
@@ -326,8 +324,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "jobs",
-            "GET",
-            "/jobs",
+            "GET /jobs",
             "listJobs",
             "Jobs, newest first, a page at a time",
             parameters=(
@@ -353,16 +350,14 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "queue",
-            "GET",
-            "/queue",
+            "GET /queue",
             "queue",
             "Running and queued jobs with wait estimates",
             responses={200: Reply("The queue.", s.QueueView)},
         ),
         Operation(
             "stream_sse",
-            "GET",
-            "/events/{job_id}",
+            "GET /events/{job_id}",
             "streamEvents",
             "Live progress as Server-Sent Events",
             description=(
@@ -397,8 +392,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "stream_ws",
-            "GET",
-            "/ws/{job_id}",
+            "GET /ws/{job_id}",
             "streamWebSocket",
             "Live progress over a WebSocket",
             description=(
@@ -427,16 +421,14 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "openapi",
-            "GET",
-            OPENAPI_PATH,
+            f"GET {OPENAPI_PATH}",
             "openapi",
             "This document",
             responses={200: Reply("OpenAPI 3.1.", content={"application/json": {"type": "object"}})},
         ),
         Operation(
             "metrics",
-            "GET",
-            "/metrics",
+            "GET /metrics",
             "metrics",
             "Prometheus metrics",
             description=(
@@ -454,8 +446,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "dashboard",
-            "GET",
-            "/",
+            "GET /",
             "dashboard",
             "The web dashboard",
             description=(
@@ -469,8 +460,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "dashboard_asset",
-            "GET",
-            "/static/{name}",
+            "GET /static/{name}",
             "dashboardAsset",
             "The dashboard's script, style sheet and icon",
             description="Only the dashboard's own files, by plain name (no folders). Open without a token.",
@@ -507,8 +497,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "openai_models",
-            "GET",
-            "/v1/models",
+            "GET /v1/models",
             "openaiModels",
             "OpenAI-compatible model list",
             description="whisper-1 (the default model), then every model loaded or loadable with no network.",
@@ -516,8 +505,7 @@ def _operations() -> tuple[Operation, ...]:
         ),
         Operation(
             "openai_model",
-            "GET",
-            "/v1/models/{model}",
+            "GET /v1/models/{model}",
             "openaiModel",
             "One entry of the OpenAI-compatible model list",
             parameters=(Param("model", "path", description="An id from GET /v1/models."),),
@@ -607,7 +595,7 @@ def _parameter(param: Param) -> Schema:
 
 
 def _operation(op: Operation, components: dict[str, Schema]) -> Schema:
-    openai = is_openai_path(op.path)
+    openai = op.path.startswith(s.OPENAI_PREFIX)
     out: Schema = {"operationId": op.operation_id, "summary": op.summary}
     if op.description:
         out["description"] = op.description

@@ -3,10 +3,8 @@ pydantic models; and the multipart forms of the upload routes, as models that sa
 
 service/api/openapi.py builds the OpenAPI document from these, so the document says what the
 code says: enums and limits come from where the code keeps them (worker states, priorities,
-OpenAI response formats, settings choices), never retyped here.
-
-Note: this module imports openai_compat and streams for their constants, so those two must not
-import it at module level.
+settings choices), never retyped here. The OpenAI-compatible routes' formats and the streams'
+`state` message type are kept here, and their handlers check against them.
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Json, RootModel
 
-from service.api.openai_compat import GRANULARITIES, RESPONSE_FORMATS
-from service.api.streams import STATE
 from service.inference.worker import WorkerState
 from service.jobs import events as ev
 from service.jobs.job import MAX_PRIORITY, MIN_PRIORITY, JobStatus, Task
@@ -34,6 +30,13 @@ from service.jobs.view import (
     Seconds,
 )
 from service.settings import BACKENDS, ISOLATION
+
+# Where the OpenAI-compatible routes live, and what they take; their handlers check requests against these.
+OPENAI_PREFIX = "/v1/"
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+GRANULARITIES = ("segment", "word")
+# A stream's message type for the job as GET /status shows it (not an event: it has no id).
+STATE = "state"
 
 # Where the document keeps its schemas: models refer to each other through it.
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -325,8 +328,6 @@ class UploadForm(BaseModel):
 
 class OpenAIAudioForm(BaseModel):
     """POST /v1/audio/transcriptions' and /v1/audio/translations' multipart form."""
-
-    model_config = ConfigDict(populate_by_name=True)
 
     file: bytes = Field(description="The audio, up to --max-upload-mb: anything FFmpeg decodes.")
     model: Absent[str] = Field(

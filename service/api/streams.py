@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.api.keys import SERVICES
+from service.api.schemas import STATE
 from service.errors import BadRequest, ServiceError, ServiceUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvent
@@ -28,7 +29,6 @@ from service.jobs.job import Job
 
 log = logging.getLogger(__name__)
 
-STATE = "state"  # message type: the job as GET /status shows it (no event id: it is not an event)
 # An SSE comment this often when nothing happens, so proxies keep the connection and a client
 # that left is noticed (the write fails).
 KEEPALIVE_SECONDS = 15.0

@@ -29,14 +29,8 @@ from typing import Any
 from service import logs
 from service.backoff import Backoff
 from service.engines.base import JobInterrupted, Result
-from service.inference.runner import (
-    ProgressSink,
-    SegmentSink,
-    TranscribeRequest,
-    WorkerCrashed,
-    execute,
-    idle_check_seconds,
-)
+from service.inference.pipeline import TranscribeRequest, execute
+from service.inference.runner import ProgressSink, SegmentSink, WorkerCrashed, idle_check_seconds
 from service.settings import Settings
 from service.tasks import BackgroundTasks
 

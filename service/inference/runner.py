@@ -10,15 +10,11 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
-from service.diarization import DiarizationOptions, Diarizer, merge_channel_results
-from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
-from service.inference import audio
+from service.engines.base import Result
 from service.inference.models import ModelManager
-from service.jobs.job import JobOptions
+from service.inference.pipeline import TranscribeRequest, execute
 from service.tasks import BackgroundTasks
 
 ProgressSink = Callable[[str, float], None]
@@ -37,93 +33,6 @@ def idle_check_seconds(idle_seconds: float) -> float:
 
 class WorkerCrashed(Exception):
     """The inference process died while it held the job (segfault, OOM kill, kill -9)."""
-
-
-@dataclass(frozen=True)
-class TranscribeRequest:
-    job_id: str
-    audio_path: str
-    model: str
-    options: DecodeOptions
-    job_options: JobOptions = field(default_factory=JobOptions)
-
-
-_diarizer: Diarizer | None = None
-_diarizer_lock = threading.Lock()
-
-
-def _warm_diarizer() -> Diarizer:
-    """One speaker encoder per process, loaded on the first diarized job and kept."""
-    global _diarizer
-    with _diarizer_lock:
-        if _diarizer is None:
-            diarizer = Diarizer()
-            diarizer.load()
-            _diarizer = diarizer
-        return _diarizer
-
-
-def execute(
-    manager: ModelManager,
-    request: TranscribeRequest,
-    should_stop: Callable[[], bool],
-    report: Callable[[float], None],
-    emit: Callable[[dict[str, Any]], None] | None = None,
-) -> Result:
-    """One job's inference: decode the audio once, transcribe (each channel, when split), and
-    put speakers on the result when asked, with the model pinned throughout.
-
-    `emit` hears each segment as it is decoded: before diarization (no speakers yet), and when
-    split by channel with `channel` and `speaker` set and ids counted across channels, so they
-    stay distinct (the final result renumbers them in time order).
-    """
-    extras = request.job_options
-    span = [0, 1]  # channels done, channels in all: progress runs 0..1 over every channel
-    emitted = [0]
-
-    def on_segment(segment: Segment) -> None:
-        if emit is None:
-            return
-        live = segment.as_dict()
-        if extras.split_channels:
-            channel = span[0] + 1
-            live.update(id=emitted[0], channel=channel, speaker=f"CHANNEL_{channel}")
-        emitted[0] += 1
-        emit(live)
-
-    def on_progress(fraction: float) -> None:
-        overall = (span[0] + fraction) / span[1]
-        if extras.diarize:
-            overall *= 0.95  # the speaker pass comes after the last window
-        if overall < 1.0 and should_stop():  # the last window done: keep the result
-            raise JobInterrupted
-        report(overall)
-
-    options = request.options
-    if extras.word_timestamps or extras.diarize:
-        options = replace(options, word_timestamps=True)
-    with manager.using(request.model) as model:
-        path = Path(request.audio_path)
-        if extras.split_channels:
-            channels = audio.decode_channels(path)
-            span[1] = len(channels)
-            results = []
-            for index, pcm in enumerate(channels):
-                span[0] = index
-                results.append(
-                    manager.engine.transcribe(model, pcm, options, on_progress, on_segment, should_stop)
-                )
-            return merge_channel_results(results)
-        pcm = audio.decode(path)
-        if should_stop():
-            raise JobInterrupted
-        result = manager.engine.transcribe(model, pcm, options, on_progress, on_segment, should_stop)
-    if not extras.diarize:
-        return result
-    speakers = DiarizationOptions(extras.num_speakers, extras.min_speakers, extras.max_speakers)
-    result = _warm_diarizer()(pcm, result, speakers)
-    report(1.0)
-    return result
 
 
 class Runner(Protocol):
@@ -175,7 +84,7 @@ class ThreadRunner:
         self._on_segment = on_segment
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._stop_flags: dict[str, threading.Event] = {}
-        self._idle = BackgroundTasks()  # evicts idle models, once started
+        self._evicting = BackgroundTasks()  # evicts idle models, once started
 
     @property
     def ready(self) -> bool:
@@ -183,7 +92,7 @@ class ThreadRunner:
 
     async def start(self) -> None:
         await self.load(self.manager.default)
-        self._idle.spawn(self._evict_idle_models())
+        self._evicting.spawn(self._evict_idle_models())
 
     async def wait_ready(self) -> None:
         return None
@@ -232,7 +141,7 @@ class ThreadRunner:
         return None
 
     async def close(self) -> None:
-        await self._idle.close()
+        await self._evicting.close()
         for flag in self._stop_flags.values():
             flag.set()
         await asyncio.get_running_loop().run_in_executor(

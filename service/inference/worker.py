@@ -18,7 +18,8 @@ from service.atomic import write_json_atomic
 from service.backoff import Backoff
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
-from service.inference.runner import Runner, TranscribeRequest, WorkerCrashed
+from service.inference.pipeline import TranscribeRequest
+from service.inference.runner import Runner, WorkerCrashed
 from service.jobs import events as ev
 from service.jobs.events import JobEvents
 from service.jobs.job import Job, JobStatus

@@ -337,7 +337,10 @@ def webhook_payload(
             raise ValueError(f"job {snapshot['job_id']}: a completed job's payload needs its transcript")
         extra["transcript"] = result.get("text", "")
         extra["segments"] = [
-            {key: segment.get(key) for key in WebhookSegment.model_fields}
+            {
+                **{key: segment.get(key) for key in WebhookSegment.model_fields},
+                "text": segment.get("text") or "",
+            }
             for segment in result.get("segments", [])
         ]
     return WebhookPayload.model_validate({**snapshot, **extra})

@@ -12,7 +12,8 @@ from typing import Any
 
 from service.errors import BadRequest, JobFinished, JobNotFound, QueueFull, ServiceUnavailable
 from service.inference.worker import Worker
-from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus, iso_time, priority_name
+from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus
+from service.jobs.view import job_summary, queued_job, running_job
 from service.jobs.watch import JobWatch
 from service.store.base import JobStore
 from service.store.cluster import ClusterBus
@@ -28,32 +29,6 @@ ASSUMED_RTF = 0.5
 ASSUMED_JOB_AUDIO_S = 30.0
 # Bounds on the Retry-After a full queue answers with.
 RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S = 1, 600
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The fields of a job that lists and the queue view show."""
-    body: dict[str, Any] = {
-        "job_id": job.job_id,
-        "status": job.status.value,
-        "progress": round(job.progress, 4),
-        "priority": job.priority,
-        "model": job.model,
-        "language": job.language,
-        "task": job.task.value,
-        "duration_s": round(job.duration_s, 3) if job.duration_s is not None else None,
-        "filename": job.original_filename,
-        "attempts": job.attempts,
-        "created_at": iso_time(job.created_at),
-        "started_at": iso_time(job.started_at),
-        "completed_at": iso_time(job.completed_at),
-    }
-    if (name := priority_name(job.priority)) is not None:
-        body["priority_name"] = name
-    if job.error:
-        body["error"] = job.error
-    if job.note:
-        body["note"] = job.note
-    return body
 
 
 def parse_statuses(raw: str | None) -> list[JobStatus]:
@@ -179,7 +154,7 @@ class JobControl:
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return {
-            "jobs": [job_summary(job) for job in jobs],
+            "jobs": [job_summary(job).body() for job in jobs],
             "count": len(jobs),
             "next_cursor": str(jobs[-1].seq) if more else None,
         }
@@ -200,17 +175,13 @@ class JobControl:
         queued = await store.queued_in_order()
         slots = [_remaining_s(job, rtf) for job in running]
         slots += [0.0] * max(0, self.workers - len(slots))
-        running_out = [
-            {**job_summary(job), "estimated_remaining_s": round(_remaining_s(job, rtf), 1)} for job in running
-        ]
+        running_out = [running_job(job, _remaining_s(job, rtf)).body() for job in running]
         queued_out = []
         for position, job in enumerate(queued, start=1):
             index = min(range(len(slots)), key=slots.__getitem__)  # the slot that frees up first
             start = slots[index]
             slots[index] += (job.duration_s or 0.0) * rtf
-            queued_out.append(
-                {**job_summary(job), "position": position, "estimated_start_s": round(start, 1)}
-            )
+            queued_out.append(queued_job(job, position, start).body())
         return {
             "running": running_out,
             "queued": queued_out,

@@ -15,7 +15,8 @@ import aiofiles
 
 from service.errors import BadRequest, JobNotFound, TranscriptNotReady
 from service.jobs import formats
-from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus, iso_time
+from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus
+from service.jobs.view import job_view
 from service.jobs.watch import JobWatch
 from service.store.base import JobStore
 from service.store.files import Layout
@@ -35,19 +36,6 @@ def wait_seconds(raw: str | None) -> float:
     if not 0 <= seconds < float("inf"):
         raise BadRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds, got {raw!r}.")
     return min(seconds, MAX_WAIT_SECONDS)
-
-
-def message(job: Job, position: int | None) -> str:
-    if job.status is JobStatus.QUEUED:
-        return "Waiting in the queue" + (f" (position {position})" if position else "") + "."
-    if job.status is JobStatus.PROCESSING:
-        return f"Transcribing: {job.progress:.0%} done."
-    if job.status is JobStatus.COMPLETED:
-        took = (job.completed_at or 0) - (job.started_at or job.created_at)
-        return f"Completed in {took:.1f} s; download the transcript from /download/{job.job_id}."
-    if job.status is JobStatus.CANCELLED:
-        return "Cancelled; submit the audio again to run it."
-    return f"Failed: {job.error}"
 
 
 class JobViews:
@@ -82,31 +70,10 @@ class JobViews:
     async def status(self, job: Job) -> dict[str, Any]:
         """What GET /status says about a job; live streams send the same as their `state` messages."""
         position = await self.store.queue_position(job) if job.status is JobStatus.QUEUED else None
-        body: dict[str, Any] = {
-            "job_id": job.job_id,
-            "status": job.status.value,
-            "progress": round(job.progress, 4),
-            "message": message(job, position),
-            "model": job.model,
-            "language": job.language,
-            "task": job.task.value,
-            "duration_s": round(job.duration_s, 3) if job.duration_s is not None else None,
-            "attempts": job.attempts,
-            "priority": job.priority,
-            "options": job.options.describe(),
-            "created_at": iso_time(job.created_at),
-            "started_at": iso_time(job.started_at),
-            "completed_at": iso_time(job.completed_at),
-        }
-        if position is not None:
-            body["queue_position"] = position
+        transcript = None
         if job.status is JobStatus.COMPLETED:
-            body["transcript"] = (await self.load_result(job))["text"]
-        if job.status is JobStatus.FAILED:
-            body["error"] = job.error
-        if job.note:
-            body["note"] = job.note
-        return body
+            transcript = (await self.load_result(job))["text"]
+        return job_view(job, position, transcript).body()
 
     async def wait_until_finished(self, job: Job, seconds: float) -> Job:
         """The job once it is completed, failed or cancelled, the wait ran out, or shutdown began."""

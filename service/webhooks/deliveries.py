@@ -44,16 +44,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import StoreUnavailable
 from service.jobs.job import JobStatus, iso_time
+from service.jobs.view import WEBHOOK_EVENTS, WebhookSnapshot
 
 T = TypeVar("T")
 
-EVENT_NAMES = {
-    JobStatus.COMPLETED: "job.completed",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELLED: "job.cancelled",
-}
 PENDING, DELIVERED, GIVEN_UP = "pending", "delivered", "given_up"
-_FINISHED = tuple(status.value for status in EVENT_NAMES)
+_FINISHED = tuple(status.value for status in WEBHOOK_EVENTS)
 # A claim outlives the attempt it covers by this much (reading the transcript, recording).
 CLAIM_MARGIN_SECONDS = 30.0
 # The claim lease for the default --webhook-timeout (10 s); the dispatcher passes its own.
@@ -132,21 +128,22 @@ def snapshot(row: tuple[Any, ...]) -> dict[str, Any]:
     """The job's part of the payload, fixed when the job ends (the row may change or go later).
 
     `row`: job_id, status, model, language, duration_s, created_at, completed_at, error, callback_url.
+    The shape is the job view's (`service.jobs.view.WebhookSnapshot`).
     """
     job_id, status, model, language, duration_s, created_at, completed_at, error, _ = row
-    payload: dict[str, Any] = {
-        "event": EVENT_NAMES[JobStatus(status)],
-        "job_id": job_id,
-        "status": status,
-        "model": model,
-        "language": language,
-        "duration_s": round(duration_s, 3) if duration_s is not None else None,  # as /status has it
-        "created_at": iso_time(created_at),
-        "completed_at": iso_time(completed_at),
-    }
-    if status == JobStatus.FAILED.value:
-        payload["error"] = error
-    return payload
+    ended = JobStatus(status)
+    return WebhookSnapshot(
+        event=WEBHOOK_EVENTS[ended],
+        job_id=job_id,
+        status=ended,
+        model=model,
+        language=language,
+        duration_s=round(duration_s, 3) if duration_s is not None else None,  # as /status has it
+        # An ended job has both times; were one missing, the ending is still reported, as now.
+        created_at=iso_time(created_at) or iso_time(time.time()) or "",
+        completed_at=iso_time(completed_at) or iso_time(time.time()) or "",
+        error=error if ended is JobStatus.FAILED else None,
+    ).body()
 
 
 # -- SQLite -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from service.errors import BadRequest, StoreUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvent, JobEvents
 from service.jobs.job import JobStatus
+from service.jobs.view import webhook_payload
 from service.settings import Settings
 from service.store.files import Layout
 from service.tasks import BackgroundTasks
@@ -251,8 +252,8 @@ class WebhookDispatcher:
 
     async def _deliver(self, delivery: Delivery) -> None:
         attempt = delivery.attempts + 1
-        payload = {**delivery.payload, "delivery_id": delivery.delivery_id, "attempt": attempt}
-        if payload["status"] == JobStatus.COMPLETED.value:
+        result: dict[str, Any] | None = None
+        if delivery.payload["status"] == JobStatus.COMPLETED.value:
             path = self.layout.transcript_path(delivery.job_id)
             result = await asyncio.get_running_loop().run_in_executor(None, _read_transcript, path)
             if result is None:
@@ -265,11 +266,7 @@ class WebhookDispatcher:
                     delivery.delivery_id,
                 )
                 return
-            payload["transcript"] = result.get("text", "")
-            payload["segments"] = [
-                {key: segment.get(key) for key in ("id", "start", "end", "text")}
-                for segment in result.get("segments", [])
-            ]
+        payload = webhook_payload(delivery.payload, delivery.delivery_id, attempt, result).body()
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json", "X-Webhook-Id": delivery.delivery_id}
         if self.settings.webhook_secret:
