@@ -53,14 +53,16 @@ RUN apt-get update \
 WORKDIR /app
 
 # Dependencies in their own layers, before the source: an edit to service/ rebuilds only the
-# last, small layers. torch first (the largest), then pyproject.toml's dependency list.
+# last, small layers. torch first (the largest), then pyproject.toml's dependency list, then the
+# light client (its wheel is also what the service hands out at GET /client/).
 COPY scripts/docker-install.sh scripts/
 RUN bash scripts/docker-install.sh torch
 COPY pyproject.toml README.md ./
 RUN bash scripts/docker-install.sh deps
+COPY clients/python/ clients/python/
+RUN bash scripts/docker-install.sh client
 
 COPY service/ service/
-COPY mcp_tools/ mcp_tools/
 COPY scripts/ scripts/
 RUN bash scripts/docker-install.sh app
 

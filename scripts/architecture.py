@@ -43,7 +43,7 @@ LAYERS: tuple[str, ...] = (
     "engines",
     "base",
 )
-COMPOSITION_ROOT = frozenset({"app", "server", "cli", "__main__"})
+COMPOSITION_ROOT = frozenset({"app", "server", "cli", "__main__", "system_service"})
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@
 # script, and tests/test_packaging.py runs the very same steps into a scratch venv.
 #
 #   docker-install.sh torch   create $VENV and install torch==$TORCH_VERSION (first, pinned)
-#   docker-install.sh deps    install pyproject.toml's [project] dependencies (needs only that file)
+#   docker-install.sh deps    install pyproject.toml's [project] dependencies (needs only that file),
+#                             all but the light client, which comes from the source tree next
+#   docker-install.sh client  build the light client's wheel (clients/python) into
+#                             $VENV/share/whisper-transcription-client, where the service finds it
+#                             to hand out at GET /client/, and install that very wheel
 #   docker-install.sh app     install the service itself from the source tree, without deps
-#   docker-install.sh all     the three in order (the default)
+#   docker-install.sh all     the four in order (the default)
 #
 # Environment:
 #   VENV             where the virtual environment goes (default /opt/venv)
@@ -22,6 +26,7 @@ PYTHON=${PYTHON:-python3}
 SRC=${SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+CLIENT_DIST=whisper-transcription-client
 
 pip_install() {
     "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet "$@"
@@ -45,13 +50,22 @@ step_deps() {
     requirements=$(mktemp)
     # The dependency list comes from pyproject.toml alone, so this layer is rebuilt only when
     # that file changes, not on every source edit. torch stays at the version installed above.
-    "$VENV/bin/python" - "$SRC/pyproject.toml" >"$requirements" <<'PY'
+    # The light client is left out: it is built from the source tree (step_client), and a bare
+    # name must never be looked up on an index, where someone else's package could answer.
+    "$VENV/bin/python" - "$SRC/pyproject.toml" "$CLIENT_DIST" >"$requirements" <<'PY'
+import re
 import sys
 import tomllib
 
 with open(sys.argv[1], "rb") as fp:
     project = tomllib.load(fp)["project"]
-print("\n".join(project["dependencies"]))
+
+
+def name(requirement: str) -> str:
+    return re.split(r"[^A-Za-z0-9._-]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+print("\n".join(r for r in project["dependencies"] if name(r) != sys.argv[2]))
 PY
     local constraints
     constraints=$(mktemp)
@@ -66,6 +80,18 @@ PY
         "$VENV/bin/python" -m pip uninstall --yes --quiet triton
         echo "docker-install: torch is the CPU build, so triton (GPU kernels only) was removed"
     fi
+}
+
+step_client() {
+    local wheels="$VENV/share/$CLIENT_DIST" build
+    build=$(mktemp -d)
+    # A copy, so the build's scratch files (build/, *.egg-info) never land in the source tree.
+    cp -r "$SRC/clients/python/." "$build/"
+    rm -rf "$build/build" "$wheels"
+    "$VENV/bin/python" -m pip wheel --disable-pip-version-check --quiet --no-deps --wheel-dir "$wheels" "$build"
+    rm -rf "$build"
+    pip_install "$wheels"/*.whl
+    echo "docker-install: client $(ls "$wheels") built and installed"
 }
 
 step_app() {
@@ -90,10 +116,11 @@ for step in "$@"; do
     case "$step" in
         torch) step_torch ;;
         deps) step_deps ;;
+        client) step_client ;;
         app) step_app ;;
-        all) step_torch && step_deps && step_app ;;
+        all) step_torch && step_deps && step_client && step_app ;;
         *)
-            echo "docker-install: unknown step '$step' (use torch, deps, app or all)" >&2
+            echo "docker-install: unknown step '$step' (use torch, deps, client, app or all)" >&2
             exit 64
             ;;
     esac

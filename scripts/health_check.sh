@@ -11,7 +11,7 @@
 #
 # Prints one line. Exit status:
 #   0  healthy: status ok and the model loaded
-#   1  up but not ready: the model is still loading, or the service reports an error
+#   1  up but not ready: the model is still loading, a self-check fails, or a fatal error
 #   2  no usable answer: nothing listening, a timeout, an HTTP error or a body that is not health JSON
 #   64 bad usage
 set -uo pipefail
@@ -129,7 +129,8 @@ if [ $? -ne 0 ]; then
     exit 2
 fi
 
-# The body is small, flat JSON from the service: pick the fields out without a JSON tool.
+# The body is small JSON from the service whose top-level names occur once in it (the nested
+# `checks` use others): pick the fields out without a JSON tool.
 field() {
     local pattern="\"$1\"[[:space:]]*:[[:space:]]*(\"([^\"]*)\"|[A-Za-z0-9.+-]+)"
     if [[ $body =~ $pattern ]]; then
@@ -147,12 +148,14 @@ if [ -z "$status" ] || [ -z "$loaded" ]; then
     echo "unhealthy: $URL did not answer with the service's health JSON: $(printf '%s' "$body" | head -c 200 | tr '\n' ' ')"
     exit 2
 fi
-if [ "$status" != ok ]; then
-    echo "unhealthy: status $status${error:+: $error} (model ${model:-?}, worker ${worker:-?})"
+# Still loading (503, status unavailable) says so; a fatal error, or a failed self-check
+# (status unavailable with the model loaded), gives the service's reason.
+if [ "$status" != error ] && [ "$loaded" != true ]; then
+    echo "unhealthy: model ${model:-?} not loaded yet (worker ${worker:-?})"
     exit 1
 fi
-if [ "$loaded" != true ]; then
-    echo "unhealthy: model ${model:-?} not loaded yet (worker ${worker:-?})"
+if [ "$status" != ok ]; then
+    echo "unhealthy: status $status${error:+: $error} (model ${model:-?}, worker ${worker:-?})"
     exit 1
 fi
 echo "healthy: model ${model:-?} loaded, worker ${worker:-?}, ${queue:-0} job(s) queued ($URL)"

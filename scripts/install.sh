@@ -15,5 +15,15 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==${TORCH_VERSION}"
 fi
+# The light client first (clients/python: the HTTP client, the MCP tools, the command line): the
+# service depends on it, and it comes from this checkout, never from an index.
+"${PIP[@]}" install -e ./clients/python
 "${PIP[@]}" install -e ".[dev]"
-echo "installed into $VENV"
+# The client's wheel, which the service hands to agents' containers at GET /client/ (it looks
+# under the venv at start-up). Built afresh each run from this checkout; stale build/ files out.
+WHEELS="$VENV/share/whisper-transcription-client"
+rm -rf "$WHEELS.new" clients/python/build
+"${PIP[@]}" wheel --no-deps --wheel-dir "$WHEELS.new" ./clients/python
+rm -rf "$WHEELS" clients/python/build
+mv "$WHEELS.new" "$WHEELS"
+echo "installed into $VENV (client wheel: $(ls "$WHEELS"))"

@@ -16,10 +16,13 @@ when it is missing. A running container is only reported; a stopped one is start
 
 Without Docker: `python -m service` from the repository's .venv, in the background, with
 service.pid and service.log in the storage directory. The service itself needs Linux, macOS
-or WSL (it locks its storage with flock).
+or WSL (it locks its storage with flock): on Windows, run it in Docker Desktop (the default).
+Unlike the .sh twin, this does not restart it after a crash (the .sh runs it under
+scripts/supervise.sh); -Systemd hands over to the .sh twin, which installs a systemd unit.
 
   scripts/start_transcription_service.ps1 -NoDocker [-Port N] [-Model NAME] [-Gpu]
   scripts/start_transcription_service.ps1 -NoDocker -Stop
+  scripts/start_transcription_service.ps1 -Systemd [-Port N] [-Model NAME] [-Gpu] [-Stop]
 
 Exit status: 0 ready (or stopped), 1 failed (the reason and the last log lines are printed).
 
@@ -46,6 +49,8 @@ Image (default whisper-transcription-service:latest, or :cuda with -Gpu).
 Build the image even when it exists (an existing container keeps its image until removed).
 .PARAMETER NoDocker
 Run the service from .venv instead of a container.
+.PARAMETER Systemd
+Run it from .venv as a systemd unit (Linux only: runs scripts/start_transcription_service.sh --systemd).
 .PARAMETER Stop
 Stop the service (the container, or the background process).
 #>
@@ -61,6 +66,7 @@ param(
     [string]$Image = "",
     [switch]$Build,
     [switch]$NoDocker,
+    [switch]$Systemd,
     [switch]$Stop
 )
 
@@ -92,12 +98,12 @@ function Get-HealthLine([string]$Url) {
     } catch {
         return @{ Ok = $false; Line = "unhealthy: no health answer from $Url/health ($($_.Exception.Message))" }
     }
-    if ($health.status -ne "ok") {
-        $reason = if ($health.PSObject.Properties["error"]) { ": $($health.error)" } else { "" }
-        return @{ Ok = $false; Line = "unhealthy: status $($health.status)$reason (model $($health.model), worker $($health.worker))" }
-    }
-    if (-not $health.model_loaded) {
+    $reason = if ($health.PSObject.Properties["error"]) { ": $($health.error)" } else { "" }
+    if ($health.status -ne "error" -and -not $health.model_loaded) {
         return @{ Ok = $false; Line = "unhealthy: model $($health.model) not loaded yet (worker $($health.worker))" }
+    }
+    if ($health.status -ne "ok") {
+        return @{ Ok = $false; Line = "unhealthy: status $($health.status)$reason (model $($health.model), worker $($health.worker))" }
     }
     return @{ Ok = $true; Line = "healthy: model $($health.model) loaded, worker $($health.worker), $($health.queue_size) job(s) queued ($Url/health)" }
 }
@@ -349,4 +355,20 @@ function Invoke-InDocker {
     return 1
 }
 
-if ($NoDocker) { exit (Invoke-NoDocker) } else { exit (Invoke-InDocker) }
+# systemd is the .sh twin's: the same flags, handed over to bash.
+function Invoke-Systemd {
+    $bash = Get-Command bash -CommandType Application -ErrorAction SilentlyContinue | Select-Object -First 1
+    if ($OnWindows -or -not $bash) {
+        Fail "-Systemd installs a systemd unit, which needs Linux (run scripts/start_transcription_service.sh --systemd there); on Windows, run the service in Docker Desktop: $ScriptName without -NoDocker"
+    }
+    $arguments = @((Join-Path $PSScriptRoot "start_transcription_service.sh"), "--systemd", "--port", "$Port", "--timeout", "$Timeout")
+    if ($Model) { $arguments += @("--model", $Model) }
+    if ($Gpu) { $arguments += "--gpu" }
+    if ($StorageDir) { $arguments += @("--storage-dir", $StorageDir) }
+    if ($ModelDir) { $arguments += @("--model-dir", $ModelDir) }
+    if ($Stop) { $arguments += "--stop" }
+    & $bash.Source @arguments
+    return $LASTEXITCODE
+}
+
+if ($Systemd) { exit (Invoke-Systemd) } elseif ($NoDocker) { exit (Invoke-NoDocker) } else { exit (Invoke-InDocker) }

@@ -11,10 +11,16 @@
 #   scripts/start_transcription_service.sh --stop
 #
 # Without Docker: `python -m service` from the repository's .venv (bash scripts/install.sh),
-# in the background, with service.pid and service.log in the storage directory.
+# in the background under scripts/supervise.sh, which restarts it after a crash (at most 3
+# times in 5 minutes, then it is left down and the log says why), with service.pid,
+# supervisor.pid and service.log in the storage directory. With --systemd, as a systemd unit
+# instead (`python -m service install-service`, then systemctl enable --now): started at boot,
+# restarted after a crash or when its watchdog goes quiet. As root a system unit, else a user
+# unit (systemctl --user).
 #
 #   scripts/start_transcription_service.sh --no-docker [--port N] [--model NAME] [--gpu]
 #   scripts/start_transcription_service.sh --no-docker --stop
+#   scripts/start_transcription_service.sh --systemd [--port N] [--model NAME] [--gpu] [--stop]
 #
 # Options:
 #   --port N           port on this machine (default 8765)
@@ -32,9 +38,12 @@
 #   --build            build the image even when it exists (an existing container keeps its
 #                      image until it is removed: --stop, then docker rm NAME)
 #   --no-docker        run the service from .venv instead of a container
-#   --stop             stop the service (the container, or the background process)
+#   --systemd          run it from .venv as a systemd unit (implies --no-docker)
+#   --stop             stop the service (the container, the background process, or the unit)
 #   -h, --help         this text
-# Environment: DOCKER (the docker command), TRANSCRIPTION_PYTHON (the Python for --no-docker).
+# Environment: DOCKER (the docker command), TRANSCRIPTION_PYTHON (the Python for --no-docker),
+# SUPERVISE_* (the supervisor's limits: scripts/supervise.sh --help), SYSTEMCTL and JOURNALCTL
+# (the commands for --systemd), SYSTEMD_UNIT_DIR (where --systemd writes the unit).
 # Exit status: 0 ready (or stopped), 1 failed (the reason and the last log lines are printed),
 # 64 bad usage.
 set -euo pipefail
@@ -61,8 +70,13 @@ NAME=codex-transcription-service
 IMAGE=""
 BUILD=0
 NO_DOCKER=0
+SYSTEMD=0
 STOP=0
 DOCKER=${DOCKER:-docker}
+SYSTEMCTL=${SYSTEMCTL:-systemctl}
+JOURNALCTL=${JOURNALCTL:-journalctl}
+# The unit --systemd installs (python -m service install-service's default name).
+UNIT=whisper-transcription.service
 
 say() { echo "$*"; }
 fail() {
@@ -71,7 +85,7 @@ fail() {
 }
 usage_error() {
     echo "error: $*" >&2
-    echo "usage: $SCRIPT [--no-docker] [--port N] [--model NAME] [--gpu] [--timeout S] [--stop] (see --help)" >&2
+    echo "usage: $SCRIPT [--no-docker | --systemd] [--port N] [--model NAME] [--gpu] [--timeout S] [--stop] (see --help)" >&2
     exit 64
 }
 
@@ -128,12 +142,17 @@ while [ $# -gt 0 ]; do
             NO_DOCKER=1
             shift
             ;;
+        --systemd)
+            NO_DOCKER=1
+            SYSTEMD=1
+            shift
+            ;;
         --stop)
             STOP=1
             shift
             ;;
         -h | --help)
-            sed -n '2,41s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+            sed -n '2,51s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
             exit 0
             ;;
         *) usage_error "unknown argument '$1'" ;;
@@ -183,47 +202,63 @@ pid_alive() {
     [ -n "$state" ] && [[ $state != Z* ]]
 }
 
-# The pid in the pid file when that process is alive and is the service; else nothing.
-running_pid() {
+# The pid in pid file $1 when that process is alive and its command line has $2; else nothing.
+pid_from() {
     local pid
-    [ -f "$PID_FILE" ] || return 0
-    pid=$(tr -dc '0-9' <"$PID_FILE")
-    if [ -n "$pid" ] && pid_alive "$pid" && ps -o args= -p "$pid" | grep -q -- "-m service"; then
+    [ -f "$1" ] || return 0
+    pid=$(tr -dc '0-9' <"$1")
+    if [ -n "$pid" ] && pid_alive "$pid" && ps -o args= -p "$pid" | grep -q -- "$2"; then
         echo "$pid"
     fi
 }
+# The service's pid (the supervisor writes it at each start), and the supervisor's.
+running_pid() { pid_from "$PID_FILE" "-m service"; }
+supervisor_pid() { pid_from "$SUPERVISOR_PID_FILE" "supervise.sh"; }
 
 # The port a running service was started with (its --port argument).
 pid_port() {
     ps -o args= -p "$1" | sed -n 's/.*--port[ =]\([0-9][0-9]*\).*/\1/p'
 }
 
-local_alive() { pid_alive "$SERVICE_PID"; }
+# Up, or about to be restarted by its supervisor.
+local_alive() { pid_alive "$SERVICE_PID" || [ -n "$(supervisor_pid)" ]; }
 local_logs() {
     echo "last $LOG_LINES lines of $LOG_FILE:"
     tail -n "$LOG_LINES" "$LOG_FILE" 2>/dev/null || true
 }
 
-stop_local() {
+# Whether any of the given pids (empty ones skipped) is alive.
+any_alive() {
     local pid
+    for pid in "$@"; do
+        if [ -n "$pid" ] && pid_alive "$pid"; then return 0; fi
+    done
+    return 1
+}
+
+stop_local() {
+    local pid supervisor
     pid=$(running_pid)
-    if [ -z "$pid" ]; then
-        rm -f "$PID_FILE"
+    supervisor=$(supervisor_pid)
+    if [ -z "$pid" ] && [ -z "$supervisor" ]; then
+        rm -f "$PID_FILE" "$SUPERVISOR_PID_FILE"
         say "transcription service is not running (storage $STORAGE)"
         return 0
     fi
-    say "stopping transcription service (pid $pid) ..."
-    kill -TERM "$pid"
+    say "stopping transcription service (pid ${pid:-$supervisor}) ..."
+    # The supervisor passes SIGTERM on to the service and does not restart it.
+    kill -TERM "${supervisor:-$pid}"
     local deadline=$((SECONDS + STOP_TIMEOUT))
-    while pid_alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
+    while any_alive "$pid" "$supervisor" && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 0.2
     done
-    if pid_alive "$pid"; then
+    if any_alive "$pid" "$supervisor"; then
         say "still running after ${STOP_TIMEOUT}s; killing it (its jobs are recovered at the next start)"
-        kill -KILL "$pid" 2>/dev/null || true
+        if [ -n "$supervisor" ]; then kill -KILL "$supervisor" 2>/dev/null || true; fi
+        if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
     fi
-    rm -f "$PID_FILE"
-    say "stopped transcription service (pid $pid)"
+    rm -f "$PID_FILE" "$SUPERVISOR_PID_FILE"
+    say "stopped transcription service (pid ${pid:-$supervisor})"
 }
 
 start_local() {
@@ -239,6 +274,9 @@ start_local() {
         wait_ready "http://localhost:${port:-$PORT}" local_alive local_logs
         return
     fi
+    if [ -n "$(supervisor_pid)" ]; then
+        fail "the supervisor (pid $(supervisor_pid)) is restarting the service after a crash: see $LOG_FILE, or stop it with $STOP_COMMAND"
+    fi
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
         fail "port $PORT is already in use on this machine: stop what listens there, or choose another with --port"
     fi
@@ -251,17 +289,65 @@ start_local() {
         SERVICE_MODEL_DIR=$(cd "$MODEL_CACHE" && pwd)
     fi
     say "starting transcription service on port $PORT (storage $STORAGE, log $LOG_FILE)"
+    say "restarted after a crash (at most ${SUPERVISE_BURST:-3} times in ${SUPERVISE_INTERVAL:-300}s) by scripts/supervise.sh (pid file $SUPERVISOR_PID_FILE)"
     # Its own session (setsid), so it outlives this script and a Ctrl-C here; `python -m service`
-    # runs from the repository so the checkout's code is what runs.
+    # runs from the repository so the checkout's code is what runs. The supervisor writes the
+    # service's pid to $PID_FILE at each start.
     local detach=()
     if command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
-    (cd "$REPO" && exec "${detach[@]}" nohup "$python" "${args[@]}" </dev/null >>"$LOG_FILE" 2>&1) &
+    rm -f "$PID_FILE"
+    (cd "$REPO" && exec "${detach[@]}" nohup "$REPO/scripts/supervise.sh" --pid-file "$PID_FILE" -- \
+        "$python" "${args[@]}" </dev/null >>"$LOG_FILE" 2>&1) &
+    echo "$!" >"$SUPERVISOR_PID_FILE"
     SERVICE_PID=$!
-    echo "$SERVICE_PID" >"$PID_FILE"
     if ! wait_ready "http://localhost:$PORT" local_alive local_logs; then
-        if ! local_alive; then rm -f "$PID_FILE"; fi
+        if ! local_alive; then rm -f "$PID_FILE" "$SUPERVISOR_PID_FILE"; fi
         return 1
     fi
+}
+
+# -- under systemd ---------------------------------------------------------------------------
+
+SCOPE=()
+systemd_alive() {
+    local state
+    state=$("$SYSTEMCTL" "${SCOPE[@]}" is-active "$UNIT" 2>/dev/null) || true
+    [ "$state" = active ] || [ "$state" = activating ] || [ "$state" = reloading ]
+}
+systemd_logs() {
+    echo "last $LOG_LINES lines of the unit's journal ($JOURNALCTL ${SCOPE[*]} -u $UNIT):"
+    "$JOURNALCTL" "${SCOPE[@]}" -u "$UNIT" -n "$LOG_LINES" --no-pager 2>&1 || true
+}
+
+run_systemd() {
+    if [ "$(id -u)" != 0 ]; then SCOPE=(--user); fi
+    command -v "$SYSTEMCTL" >/dev/null 2>&1 ||
+        fail "systemctl is not installed: --systemd needs a Linux system run by systemd (use --no-docker without --systemd to run it under the script's own supervisor)"
+    if [ "$STOP" = 1 ]; then
+        say "stopping systemd unit $UNIT ..."
+        "$SYSTEMCTL" "${SCOPE[@]}" stop "$UNIT" || fail "$SYSTEMCTL ${SCOPE[*]} stop $UNIT failed (see above)"
+        say "stopped systemd unit $UNIT (it starts again at boot: $SYSTEMCTL ${SCOPE[*]} disable $UNIT to prevent that)"
+        return 0
+    fi
+    local python=${TRANSCRIPTION_PYTHON:-$REPO/.venv/bin/python}
+    [ -x "$python" ] || fail "no Python environment at $python: run 'bash scripts/install.sh' first"
+    if systemd_alive; then
+        say "transcription service is already running (systemd unit $UNIT)"
+    else
+        local args=(-m service install-service "${SCOPE[@]}" --port "$PORT" --storage-dir "$STORAGE")
+        if [ -n "$MODEL" ]; then args+=(--model "$MODEL"); fi
+        if [ "$GPU" = 1 ]; then args+=(--device cuda); fi
+        if [ -n "$MODEL_CACHE" ]; then
+            mkdir -p "$MODEL_CACHE"
+            args+=(--model-dir "$(cd "$MODEL_CACHE" && pwd)")
+        fi
+        if [ -n "${SYSTEMD_UNIT_DIR:-}" ]; then args+=(--unit-dir "$SYSTEMD_UNIT_DIR"); fi
+        (cd "$REPO" && "$python" "${args[@]}") || fail "could not write the systemd unit (see above)"
+        "$SYSTEMCTL" "${SCOPE[@]}" daemon-reload || fail "$SYSTEMCTL ${SCOPE[*]} daemon-reload failed (see above)"
+        say "starting systemd unit $UNIT on port $PORT (storage $STORAGE)"
+        "$SYSTEMCTL" "${SCOPE[@]}" enable --now "$UNIT" || fail "$SYSTEMCTL ${SCOPE[*]} enable --now $UNIT failed (see above)"
+    fi
+    wait_ready "http://localhost:$PORT" systemd_alive systemd_logs
 }
 
 if [ "$NO_DOCKER" = 1 ]; then
@@ -269,8 +355,14 @@ if [ "$NO_DOCKER" = 1 ]; then
     mkdir -p "$STORAGE"
     STORAGE=$(cd "$STORAGE" && pwd)
     PID_FILE="$STORAGE/service.pid"
+    SUPERVISOR_PID_FILE="$STORAGE/supervisor.pid"
     LOG_FILE="$STORAGE/service.log"
     SERVICE_PID=""
+    if [ "$SYSTEMD" = 1 ]; then
+        STOP_COMMAND="$SCRIPT --systemd --stop"
+        run_systemd
+        exit
+    fi
     STOP_COMMAND="$SCRIPT --no-docker --stop${STORAGE:+ --storage-dir $STORAGE}"
     if [ "$STOP" = 1 ]; then stop_local; else start_local; fi
     exit

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service.api import auth, metrics, routes
+from service.api import auth, clients, metrics, routes
 from service.api.keys import SERVICES
 from service.api.middleware import errors_middleware
 from service.engines import create_catalog, create_engine
@@ -25,9 +25,11 @@ from service.errors import ServiceError
 from service.inference.models import ModelManager
 from service.inference.process import ProcessRunner
 from service.inference.runner import Runner, ThreadRunner
+from service.inference.selfcheck import SelfCheck
 from service.inference.worker import ProgressWriter, Worker
 from service.jobs.events import JobEvents
 from service.jobs.watch import JobWatch
+from service.sdnotify import Notifier
 from service.settings import Settings
 from service.store import files as storage
 from service.store.base import JobStore
@@ -98,6 +100,7 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
         backend.redis.on_lease_lost = worker.lease_lost
         backend.redis.on_reclaimed = worker.jobs_reclaimed
         cluster = ClusterBus(backend.redis, events, watch, worker.wake, worker.cancel_running)
+    selfcheck = SelfCheck(settings, layout, store, worker, Notifier())
     return Services(
         settings=settings,
         layout=layout,
@@ -108,8 +111,19 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
         watch=watch,
         webhooks=WebhookDispatcher(settings, backend.deliveries, layout, events),
         submissions=Submissions(settings, store, layout, catalog, events, watch, lock, worker.wake),
-        control=JobControl(store, layout, worker, watch, lock, settings.workers, settings.max_queue, cluster),
+        control=JobControl(
+            store,
+            layout,
+            worker,
+            watch,
+            lock,
+            settings.workers,
+            settings.max_queue,
+            cluster,
+            min_free_bytes=settings.min_free_bytes,
+        ),
         views=JobViews(store, layout, watch, lambda: worker.stopping),
+        selfcheck=selfcheck,
         started_at=time.time(),
         cluster=cluster,
         lock=lock,
@@ -136,10 +150,12 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("failed %d job(s) past the attempt limit: %s", len(failed), ", ".join(failed))
         await _remove_leftovers(store, layout)
         worker_task = asyncio.create_task(worker.run(), name="worker")
+        services.selfcheck.start()  # READY=1 to systemd once the model is loaded, then the checks
         retention.start()
         yield
     finally:
         await retention.close()
+        services.selfcheck.stopping()  # no checks (nor kills) while the worker winds down
         if worker_task is not None:
             await worker.stop()
             try:
@@ -149,6 +165,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+        await services.selfcheck.close()
         await worker.close()
         await store.close()
         lock.close()
@@ -171,6 +188,7 @@ async def _remove_leftovers(store: JobStore, layout: Layout) -> None:
 
 async def _stop_taking_jobs(app: web.Application) -> None:
     """Runs as shutdown begins, before requests in flight drain: no new job starts after it."""
+    app[SERVICES].selfcheck.stopping()  # STOPPING=1 to systemd, at once
     await app[SERVICES].worker.stop()
 
 
@@ -180,7 +198,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     `engine` lets tests substitute a fake; by default the one named in settings is used.
     """
     services = build_services(settings, engine)
-    middlewares: list[Middleware] = [metrics.rejections_middleware, errors_middleware]
+    middlewares: list[Middleware] = [
+        metrics.rejections_middleware,
+        errors_middleware,
+        clients.client_version_middleware,  # a client too old (or new) is told how to upgrade
+    ]
     if settings.api_token is not None:
         middlewares.append(auth.token_middleware(settings.api_token))
     app = web.Application(middlewares=middlewares)

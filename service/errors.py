@@ -44,6 +44,12 @@ class QueueFull(ServiceError):
     status = 429
 
 
+class InsufficientStorage(ServiceError):
+    """The storage is below --min-free-mb: an upload could fill the disk the journal needs."""
+
+    status = 507
+
+
 class JobNotFound(ServiceError):
     status = 404
 

@@ -283,6 +283,26 @@ class Settings:
         ),
     ] = 30.0
 
+    # Often enough to notice a hung inference process within a minute or two; cheap either way.
+    self_check_seconds: Annotated[
+        float,
+        Field(gt=0),
+        Flag(
+            "check inference (a ping), progress of the running job, storage and memory this often; "
+            "more often when systemd's watchdog asks"
+        ),
+    ] = 60.0
+    # Room for a few long uploads and their transcripts; below it the disk is nearly full.
+    min_free_bytes: Annotated[
+        int,
+        Field(ge=0),
+        Flag(
+            "uploads get 507 while the storage has less free space than this many MiB; 0 never",
+            name="min-free-mb",
+            unit=MIB,
+        ),
+    ] = 500 * MIB
+
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:
         if self.workers > 1 and self.engine != "faster-whisper":

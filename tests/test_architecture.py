@@ -66,9 +66,15 @@ def test_no_import_cycles(service_tree: Any) -> None:
     assert arch.cycles(service_tree) == []
 
 
+# The light client (its own distribution, whisper-transcription-client).
+CLIENT = REPO / "clients" / "python" / "mcp_tools"
+
+
 def test_mcp_tools_never_imports_service() -> None:
     """The MCP tools talk to the service over HTTP only, so they install and run without it."""
-    found = arch.foreign_imports(arch.scan(REPO / "mcp_tools"), "service")
+    tree = arch.scan(CLIENT)
+    assert {"mcp_tools.client", "mcp_tools.tools", "mcp_tools.server", "mcp_tools.cli"} <= set(tree.modules)
+    found = arch.foreign_imports(tree, "service")
     assert not found, [f"{i.importer} line {i.lineno}: {i.target}" for i in found]
 
 
@@ -77,7 +83,7 @@ def test_mcp_tools_import_light() -> None:
     code = textwrap.dedent(
         """
         import sys
-        import mcp_tools.client, mcp_tools.tools
+        import mcp_tools.client, mcp_tools.tools, mcp_tools.server, mcp_tools.cli
         heavy = ("service", "torch", "numpy", "aiohttp")
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
         """

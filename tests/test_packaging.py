@@ -41,7 +41,7 @@ FETCH_MODEL = SCRIPTS / "fetch_model.py"
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
-SHELL_SCRIPTS = [START, HEALTH, DOCKER_INSTALL, SCRIPTS / "install.sh"]
+SHELL_SCRIPTS = [START, HEALTH, DOCKER_INSTALL, SCRIPTS / "install.sh", SCRIPTS / "supervise.sh"]
 
 CONTAINER = "codex-transcription-service"
 STORAGE_VOLUME = "codex-transcription-storage"
@@ -179,6 +179,9 @@ def test_dockerfile_installs_pinned_torch_then_dependencies_then_the_source() ->
 
     torch, deps, app = run_step("torch"), run_step("deps"), run_step("app")
     assert torch < copy_of("pyproject.toml") < deps < copy_of("service/") < app
+    # The light client after the large dependency layer (a client edit leaves it cached), before the app.
+    client = run_step("client")
+    assert deps < copy_of("clients/python/") < client < app
     assert copy_of("scripts/docker-install.sh") < torch
     assert app < index_of(lambda i: i.keyword == "RUN" and "fetch_model.py" in i.args, "model fetch")
 
@@ -807,12 +810,14 @@ def service_env() -> dict[str, str]:
 
 @contextmanager
 def cleanup_pid_file(pid_file: Path) -> Iterator[None]:
-    """Whatever happens, the service a test started through the script does not outlive it."""
+    """Whatever happens, the service a test started through the script does not outlive it
+    (its supervisor first, which would otherwise start it again)."""
     try:
         yield
     finally:
-        if pid_file.is_file():
-            kill(int(pid_file.read_text().strip() or 0))
+        for name in ("supervisor.pid", pid_file.name):
+            if (pid_file.parent / name).is_file():
+                kill(int((pid_file.parent / name).read_text().strip() or 0))
 
 
 @pytest.mark.slow
@@ -958,7 +963,8 @@ def test_image_install_steps_give_a_venv_that_serves_a_transcription(tmp_path: P
         [
             python,
             "-c",
-            "import service, torch, whisper, faster_whisper; print(service.__file__, torch.__version__)",
+            "import service, mcp_tools, torch, whisper, faster_whisper; "
+            "print(service.__file__, torch.__version__, mcp_tools.__file__)",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -968,6 +974,7 @@ def test_image_install_steps_give_a_venv_that_serves_a_transcription(tmp_path: P
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith(str(venv)), "the service must come from the venv, not a source tree"
     assert check.stdout.split()[1].startswith(build_args()["TORCH_VERSION"])
+    assert check.stdout.split()[2].startswith(str(venv)), "the client must be installed, not a source tree"
     # The CPU image leaves out triton (GPU kernels only, ~1 GB): whisper must not need it.
     assert not list((venv / "lib").glob("python3*/site-packages/triton")), "triton in a CPU venv"
     fetched = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
@@ -1007,6 +1014,14 @@ def test_image_install_steps_give_a_venv_that_serves_a_transcription(tmp_path: P
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, health.stdout + log_path.read_text()
             time.sleep(0.5)
+
+        # The light client's wheel, built into the image's venv by the client step, is served.
+        (wheel,) = (venv / "share" / "whisper-transcription-client").glob("*.whl")
+        index = requests.get(url + "/client/", timeout=10).json()
+        assert index["wheel"] == wheel.name and index["install"] == f"pip install {url}/client/{wheel.name}"
+        served = requests.get(f"{url}/client/{wheel.name}", timeout=10)
+        assert served.status_code == 200 and served.content == wheel.read_bytes()
+        assert not (app / "clients" / "python" / "build").exists(), "the client's build left files behind"
 
         clip = eval_clip("LDC93S1.wav")
         with open(clip, "rb") as audio:

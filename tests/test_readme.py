@@ -38,6 +38,7 @@ def test_readme_has_an_example_for_every_endpoint() -> None:
         "/models",
         "/jobs",
         "/queue",
+        "/client/",
     ):
         assert endpoint in joined, endpoint
 

@@ -1,4 +1,5 @@
-"""API-token authentication: with a token configured, all but /health and /openapi.json need it."""
+"""API-token authentication: with a token configured, all but the open routes (/health,
+/openapi.json, the dashboard's page and files, the client's wheel at /client/) need it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Health checks and load balancers must not need the secret; nor does reading the API's
 # description, nor the dashboard's page and its static files (they hold no data: the page asks
-# for the token and sends it to the API).
+# for the token and sends it to the API), nor the client's wheel (a container installs it before
+# it has anything to send the token with).
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
-OPEN_PREFIXES = ("/static/",)
+OPEN_PREFIXES = ("/static/", "/client/")
 
 
 def _presented(request: web.Request) -> str | None:

@@ -49,6 +49,7 @@ REJECTION_REASONS = {
     415: "unsupported_audio",
     429: "queue_full",
     503: "shutting_down",
+    507: "insufficient_storage",
 }
 # How long a scrape waits for the inference process to list its models.
 MODELS_TIMEOUT_SECONDS = 2.0
@@ -72,6 +73,7 @@ class Snapshot:
     restarts: int = 0
     worker_ready: bool = False
     uptime_s: float = 0.0
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 class _LiveCollector(Collector):
@@ -116,6 +118,14 @@ class _LiveCollector(Collector):
             "1 while a model is loaded and jobs can run (as /health's 200).",
             value=1 if snap.worker_ready else 0,
         )
+        checks = GaugeMetricFamily(
+            "whisper_self_check_ok",
+            "1 while the self-check passes, 0 while it fails (/health's checks say why).",
+            labels=["check"],
+        )
+        for name, ok in snap.checks.items():
+            checks.add_metric([name], 1 if ok else 0)
+        yield checks
         yield GaugeMetricFamily("whisper_uptime_seconds", "Seconds since the service started.", snap.uptime_s)
         yield InfoMetricFamily("whisper_build", "Version and configuration of the service.", value=self.build)
 
@@ -227,8 +237,12 @@ class Metrics:
             running=len(worker.active_jobs),
             models=models,
             restarts=worker.runner.restarts,
-            worker_ready=worker.model_loaded and not worker.stopping and worker.fatal_error is None,
+            worker_ready=worker.model_loaded
+            and not worker.stopping
+            and worker.fatal_error is None
+            and services.selfcheck.jobs_can_run,
             uptime_s=time.time() - services.started_at,
+            checks={name: result.ok for name, result in services.selfcheck.results.items()},
         )
 
     def render(self) -> bytes:

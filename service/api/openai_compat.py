@@ -57,6 +57,7 @@ _CODES = {
     500: "server_error",
     503: "service_unavailable",
     504: "timeout",
+    507: "insufficient_storage",
 }
 
 
@@ -232,7 +233,8 @@ def render(result: dict[str, Any], fmt: str, job: Job) -> tuple[str, str]:
 async def _speech_to_text(request: web.Request, task: Task) -> web.Response:
     services = request.app[SERVICES]
     services.control.check_accepting()
-    await services.control.check_queue_room()  # before the body is read: nothing is stored
+    await services.control.check_disk_room()  # before the body is read: nothing is stored
+    await services.control.check_queue_room()
     job_id = f"oai-{uuid.uuid4().hex}"
 
     def check(raw: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from service import __version__
+from service.api import clients
 from service.api import schemas as s
 from service.api.auth import OPEN_PATHS, OPEN_PREFIXES
 from service.api.schemas import RESPONSE_FORMATS
@@ -102,6 +103,7 @@ QUEUE_FULL = error(
     {"Retry-After": Header("Seconds, estimated from recent jobs.")},
 )
 STOPPING = error("The service is shutting down.", RETRY_AFTER)
+NO_ROOM = error("The storage has less free space than --min-free-mb; the body was not read.")
 JOB_ID = Param("job_id", "path", description="The job's id.")
 MODEL_NAME = Param("name", "path")
 ACCEPTED_HEADERS = {"Location": Header("The job's status URL, `/status/{job_id}`.")}
@@ -187,6 +189,7 @@ def _openai_audio(name: str, path: str, operation_id: str, summary: str, english
                 RETRY_AFTER,
             ),
             504: error("The job is still running past its time limit; its result will be at /status/{id}."),
+            507: NO_ROOM,
         },
     )
 
@@ -220,6 +223,7 @@ def _operations() -> tuple[Operation, ...]:
                 415: error("The bytes are not decodable audio."),
                 429: QUEUE_FULL,
                 503: STOPPING,
+                507: NO_ROOM,
             },
         ),
         Operation(
@@ -274,7 +278,8 @@ def _operations() -> tuple[Operation, ...]:
             responses={
                 200: Reply("Ready.", s.Health),
                 503: Reply(
-                    "Not ready: starting, loading the model, restarting inference, stopping, or broken.",
+                    "Not ready: starting, loading the model, restarting inference, stopping, broken, "
+                    "or a self-check that jobs need is failing (`checks`).",
                     s.Health,
                 ),
             },
@@ -445,6 +450,48 @@ def _operations() -> tuple[Operation, ...]:
             },
         ),
         Operation(
+            "client_index",
+            f"GET {clients.CLIENT_PREFIX}",
+            "clientIndex",
+            "The light client's wheel: its URL and the lines that install it",
+            description=(
+                f"`{clients.DISTRIBUTION}` (the HTTP client, the MCP tools, the command line), as this "
+                "service hands it out to agents' containers: `pip install <url>`. JSON by default; an "
+                "HTML page (which pip's `--find-links` reads) when the request asks for text/html. "
+                "Open without a token."
+            ),
+            responses={
+                200: Reply(
+                    "The wheel and how to install it.",
+                    content={"application/json": s.ClientIndex, "text/html": TEXT},
+                ),
+                404: error("The service was installed without building the wheel (the message says how)."),
+            },
+        ),
+        Operation(
+            "client_wheel",
+            f"GET {clients.CLIENT_PREFIX}{{wheel}}",
+            "clientWheel",
+            "The light client's wheel file",
+            description="The bytes of the wheel GET /client/ names. Open without a token.",
+            parameters=(
+                Param(
+                    "wheel",
+                    "path",
+                    {"type": "string", "pattern": clients.WHEEL_PATTERN},
+                    "The wheel's file name, as GET /client/ gives it.",
+                ),
+            ),
+            responses={
+                200: Reply(
+                    "The wheel (a zip archive).",
+                    content={"application/octet-stream": {"type": "string", "format": "binary"}},
+                    headers={"Content-Disposition": Header('`attachment; filename="<wheel>"`')},
+                ),
+                404: error("No wheel by that name, or none at all."),
+            },
+        ),
+        Operation(
             "dashboard",
             "GET /",
             "dashboard",
@@ -609,6 +656,9 @@ def _operation(op: Operation, components: dict[str, Schema]) -> Schema:
     shared = {}  # every route can fail (500); every one the token guards can answer 401
     if not op.open:
         shared[401] = "OpenAIUnauthorized" if openai else "Unauthorized"
+    if not op.open and not openai:  # the client's version check (service/api/clients.py)
+        shared[400] = "BadClientVersion"
+        shared[426] = "ClientIncompatible"
     shared[500] = "OpenAIInternalError" if openai else "InternalError"
     responses = {**shared, **op.responses}
     out["responses"] = {
@@ -629,6 +679,15 @@ SHARED_RESPONSES: dict[str, Reply] = {
     ),
     "InternalError": error("An unexpected failure; the service log has the details."),
     "JobNotFound": error("No job with that id."),
+    "BadClientVersion": error(
+        f"`{clients.VERSION_HEADER}` was sent but is not a version (such as 0.1.0). Other causes of a "
+        "400 are listed with each operation."
+    ),
+    "ClientIncompatible": error(
+        f"`{clients.VERSION_HEADER}` names a client this service does not work with (another major "
+        f"version, or older than its minimum); the message has the line that installs the right one "
+        f"from GET {clients.CLIENT_PREFIX}."
+    ),
     "OpenAIUnauthorized": Reply(
         "The service has an API token and the request did not send it as the API key "
         "(`Authorization: Bearer <token>`); `code: invalid_api_key`.",
@@ -658,7 +717,10 @@ def _document() -> dict[str, Any]:
                 'Every error is JSON `{"error": "..."}`, except under /v1/ (the OpenAI-compatible '
                 "routes), where every error, 401, 404 and 405 included, has OpenAI's shape "
                 '`{"error": {"message", "type", "param", "code"}}`. With --api-token set, every '
-                f"route but {open_routes} needs `Authorization: Bearer <token>`."
+                f"route but {open_routes} needs `Authorization: Bearer <token>`. The light client "
+                f"(`{clients.DISTRIBUTION}`, its wheel at GET {clients.CLIENT_PREFIX}) sends "
+                f"`{clients.VERSION_HEADER}`; an incompatible one is answered 426 on the service's own "
+                "routes. Requests without the header are not checked."
             ),
         },
         "paths": paths,

@@ -24,7 +24,8 @@ async def transcribe(request: web.Request) -> web.Response:
     """
     services = request.app[SERVICES]
     services.control.check_accepting()
-    await services.control.check_queue_room()  # before the body is read: nothing is stored
+    await services.control.check_disk_room()  # before the body is read: nothing is stored
+    await services.control.check_queue_room()
     form = await read_form(
         request,
         FIELDS,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import dashboard, metrics, openai_compat, openapi, rest, streams, system
+from service.api import clients, dashboard, metrics, openai_compat, openapi, rest, streams, system
 
 
 def setup_routes(app: web.Application) -> None:
@@ -28,6 +28,9 @@ def setup_routes(app: web.Application) -> None:
     add.add_post("/models/{name}/load", system.load_model, name="load_model")
     add.add_delete("/models/{name}", system.unload_model, name="unload_model")
     add.add_get("/metrics", metrics.metrics_handler, name="metrics")
+    # The light client's wheel, for agents' containers (open, like /health).
+    add.add_get(clients.CLIENT_PREFIX, clients.client_index, name="client_index")
+    add.add_get(clients.CLIENT_PREFIX + "{wheel}", clients.client_wheel, name="client_wheel")
     # OpenAI-compatible speech to text.
     add.add_post("/v1/audio/transcriptions", openai_compat.transcriptions, name="openai_transcriptions")
     add.add_post("/v1/audio/translations", openai_compat.translations, name="openai_translations")
@@ -36,7 +39,9 @@ def setup_routes(app: web.Application) -> None:
     # The dashboard.
     add.add_get("/", dashboard.index, name="dashboard")
     add.add_get(dashboard.STATIC_PREFIX + "{name}", dashboard.asset, name="dashboard_asset")
-    # State of the HTTP side: open streams, metrics, the OpenAPI document (and its route).
+    # State of the HTTP side: open streams, metrics, the client's wheel, the OpenAPI document (and
+    # its route).
     streams.setup_streams(app)
+    clients.setup_clients(app)
     metrics.setup_metrics(app)
     openapi.setup_openapi_routes(app)

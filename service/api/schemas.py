@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Json, RootModel
 
+from service.inference.selfcheck import CHECKS
 from service.inference.worker import WorkerState
 from service.jobs import events as ev
 from service.jobs.job import MAX_PRIORITY, MIN_PRIORITY, JobStatus, Task
@@ -85,10 +86,32 @@ class QueueView(Body):
     max_queue: int | None = Field(description="null: no limit.")
 
 
-class Health(Body):
-    """Readiness and what runs: the model, the worker, the queue."""
+class Check(Body):
+    """One self-check's latest result (service/inference/selfcheck.py); the fields after
+    `detail` are the numbers behind it, each where it applies."""
 
-    status: Literal["ok", "error"]
+    ok: bool
+    detail: str = Field(description="What was seen, in words.")
+    round_trip_ms: Absent[float] = Field(default=None, description="inference: the ping's round trip.")
+    job_id: Absent[str] = Field(default=None, description="progress: the running job heard from longest ago.")
+    quiet_s: Absent[Seconds] = Field(default=None, description="progress: seconds since that job reported.")
+    limit_s: Absent[Seconds] = Field(default=None, description="progress: how long a job may stay silent.")
+    free_mb: Absent[float] = Field(default=None, description="disk: free space on the storage.")
+    min_free_mb: Absent[float] = Field(default=None, description="disk: --min-free-mb.")
+    used_mb: Absent[float] = Field(default=None, description="memory: in use (page cache not counted).")
+    limit_mb: Absent[float] = Field(default=None, description="memory: the tightest limit.")
+    source: Absent[Literal["cgroup v2", "cgroup v1", "host"]] = Field(
+        default=None, description="memory: whose limit that is."
+    )
+
+
+class Health(Body):
+    """Readiness and what runs: the model, the worker, the queue, the self-checks."""
+
+    status: Literal["ok", "unavailable", "error"] = Field(
+        description="ok with 200; unavailable with 503 (starting, restarting, stopping, a failed check); "
+        "error with 503 after a fatal error."
+    )
     model_loaded: bool
     model: str
     engine: str
@@ -112,8 +135,13 @@ class Health(Body):
         default=None,
         description="With --backend redis: instances on the same queue seen alive within a lease.",
     )
+    checks: dict[Annotated[str, OneOf(CHECKS)], Check] = Field(
+        description="The self-checks' latest results, by name; empty until the model is first loaded. "
+        "A failed inference, progress or storage check makes the answer 503."
+    )
     error: Absent[str] = Field(
-        default=None, description="After a fatal error, or while the job store is unreachable."
+        default=None,
+        description="After a fatal error, while the job store is unreachable, or which checks fail.",
     )
 
 
@@ -363,3 +391,20 @@ class OpenAIAudioForm(BaseModel):
         default=None,
         description="Extension (extra_body): a signed POST when the job ends (docs/webhooks.md).",
     )
+
+
+class ClientIndex(Body):
+    """GET /client/: the light client's wheel this service hands out, and how to install it."""
+
+    distribution: str = Field(description="`whisper-transcription-client`.")
+    version: str = Field(description="The wheel's version: the client this service runs with.")
+    service_version: str
+    min_client_version: str = Field(description="Older clients get 426 (they send `X-Client-Version`).")
+    wheel: str = Field(description="The wheel's file name; GET /client/{wheel} sends it.")
+    url: str = Field(description="The wheel's URL, as the request reached this service.")
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+    size: Count = Field(description="Bytes.")
+    install: str = Field(description="The pip line that installs it.")
+    uvx: str = Field(description="Runs the MCP tools with uv, nothing installed first.")
+    pipx: str = Field(description="The same with pipx.")
+    mcp_command: str = Field(description="The MCP server's command once installed (stdio).")

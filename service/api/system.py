@@ -11,6 +11,7 @@ from aiohttp import web
 from service import __version__
 from service.api.keys import SERVICES
 from service.errors import JobNotFound, StoreUnavailable
+from service.inference.selfcheck import BLOCKING
 from service.jobs.job import JobStatus
 
 
@@ -18,19 +19,30 @@ async def health(request: web.Request) -> web.Response:
     """Answers from memory and one indexed count: fast even while a decode runs.
 
     200 only while a model is ready to take jobs; 503 while starting, loading, restarting the
-    inference process, stopping, or broken, so health checks and load balancers act on it.
+    inference process, stopping, broken, or while a self-check that jobs need fails (the
+    inference process does not answer, a job is stuck, the storage takes no writes), so health
+    checks and load balancers act on it. `status` says the same as the code: "ok" with 200,
+    "unavailable" or (after a fatal error) "error" with 503.
     """
     services = request.app[SERVICES]
     worker, settings, store = services.worker, services.settings, services.store
+    selfcheck = services.selfcheck
     store_error: str | None = None
     queue_size: int | None = None
     try:
         queue_size = await store.count(JobStatus.QUEUED)
     except StoreUnavailable as exc:
         store_error = exc.message
-    ready = worker.model_loaded and not worker.stopping and worker.fatal_error is None and not store_error
+    blocked = selfcheck.failing(BLOCKING)
+    ready = (
+        worker.model_loaded
+        and not worker.stopping
+        and worker.fatal_error is None
+        and not store_error
+        and not blocked
+    )
     body: dict[str, Any] = {
-        "status": "ok" if worker.fatal_error is None else "error",
+        "status": "ok" if ready else "error" if worker.fatal_error is not None else "unavailable",
         "model_loaded": worker.model_loaded,
         "model": settings.model,
         "engine": settings.engine,
@@ -52,10 +64,13 @@ async def health(request: web.Request) -> web.Response:
         body["instance"] = shared["instance"]
         body["store"] = "unreachable" if store_error else "ok"
         body["instances"] = shared["instances"]
+    body["checks"] = {name: result.body() for name, result in selfcheck.results.items()}
     if worker.fatal_error is not None:
         body["error"] = worker.fatal_error
     elif store_error is not None:
         body["error"] = store_error
+    elif blocked and not worker.stopping:
+        body["error"] = "; ".join(f"{name}: {result.detail}" for name, result in blocked.items())
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -142,6 +142,8 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
             pool.submit(answer, message[1], manager.unload, message[2])
         elif op == "models":
             answer(message[1], manager.loaded)
+        elif op == "ping":  # answered by this loop itself: proof that the process is not stuck
+            send(("ok", message[1], os.getpid()))
         elif op == "exit":
             os._exit(0)  # nothing here is durable: the parent's journal already has the truth
 
@@ -364,6 +366,12 @@ class ProcessRunner:
             return []
         result: list[dict[str, Any]] = await self._call("models")
         return result
+
+    async def ping(self, within: float) -> float:
+        """A round trip over the pipe to the child's own loop, which no decode holds up."""
+        started = time.monotonic()
+        await asyncio.wait_for(self._call("ping"), within)
+        return time.monotonic() - started
 
     async def transcribe(self, request: TranscribeRequest) -> Result:
         result = await self._call("transcribe", request)

@@ -62,6 +62,10 @@ class Runner(Protocol):
     async def kill(self) -> None:
         """Stop a decode that ignores interruption: restarts the process (threads cannot be killed)."""
 
+    async def ping(self, within: float) -> float:
+        """Seconds inference took to answer; TimeoutError when no answer came `within` that many
+        seconds (a hung process), WorkerCrashed when it is gone or restarting."""
+
     async def close(self) -> None: ...
 
 
@@ -139,6 +143,10 @@ class ThreadRunner:
 
     async def kill(self) -> None:
         return None
+
+    async def ping(self, within: float) -> float:
+        """Always answers: inference shares this process, whose event loop is running this."""
+        return 0.0
 
     async def close(self) -> None:
         await self._evicting.close()

@@ -112,6 +112,10 @@ class Worker:
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
+        self.ready = asyncio.Event()  # set once the default model is loaded: start-up is over
+        # Each running job's last sign of life (its start, a progress report, a segment), monotonic.
+        self._last_heard: dict[str, float] = {}
+        self.events.add_listener(self._heard)
         self._loaded_models: set[str] = set()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()  # set once stop() is called
@@ -146,6 +150,20 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _heard(self, event: ev.JobEvent) -> None:
+        """A progress report or a segment of a job running here is a sign of life."""
+        if (
+            event.type in (ev.PROGRESS, ev.SEGMENT)
+            and event.origin is None
+            and event.job_id in self._last_heard
+        ):
+            self._last_heard[event.job_id] = time.monotonic()
+
+    def quiet_seconds(self) -> dict[str, float]:
+        """Seconds since each running job last reported progress (or started), for the self-check."""
+        now = time.monotonic()
+        return {job_id: now - heard for job_id, heard in self._last_heard.items()}
 
     def cancel_running(self, job_id: str) -> bool:
         """Stop a running job at its next window or segment; the journal already says cancelled."""
@@ -212,6 +230,7 @@ class Worker:
             self.fatal.set()
             return
         self.started = True
+        self.ready.set()
         log.info(
             "model %s ready; waiting for jobs (%d at a time)", self.settings.model, self.settings.workers
         )
@@ -280,7 +299,7 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         self.active_jobs.append(job.job_id)
         self._idle.clear()
-        started = time.monotonic()
+        started = self._last_heard[job.job_id] = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
         self.events.publish(job.job_id, ev.STATUS, {"status": "processing", "attempt": job.attempts})
         loop = asyncio.get_running_loop()
@@ -341,6 +360,7 @@ class Worker:
             await self.journal.fail(job.job_id, f"Transcription failed: {type(exc).__name__}: {exc}")
         finally:
             self.active_jobs.remove(job.job_id)
+            self._last_heard.pop(job.job_id, None)
             self._cancelled.discard(job.job_id)
             self._lost.discard(job.job_id)
             if not self.active_jobs:

@@ -30,6 +30,8 @@ from service.errors import UploadTooLarge
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_BYTES = 1 << 20  # one disk write and hash update per MiB keeps hops few
+# Written and removed by the self-check to see that the storage still takes writes.
+SELF_CHECK_PROBE = ".self-check"
 
 
 def human_size(num_bytes: int) -> str:
@@ -100,6 +102,23 @@ class Layout:
         await asyncio.get_running_loop().run_in_executor(
             None, self.remove_job_files, audio_file, transcript_of
         )
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the storage's file system. Blocking
+        (statvfs can stall on a network mount): call it off the event loop."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def probe_writable(self) -> None:
+        """Create, write and remove a small file at the storage's root; raises OSError when it
+        cannot (read-only remount, full disk, lost permissions). Blocking: off the event loop."""
+        probe = self.root / f"{SELF_CHECK_PROBE}.{os.getpid()}"  # instances may share the directory
+        try:
+            with open(probe, "wb") as fp:
+                fp.write(b"ok\n")
+                fp.flush()
+        finally:
+            probe.unlink(missing_ok=True)
 
 
 # With a shared store, leftovers younger than this may be another instance's upload in flight.

@@ -10,14 +10,21 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-from service.errors import BadRequest, JobFinished, JobNotFound, QueueFull, ServiceUnavailable
+from service.errors import (
+    BadRequest,
+    InsufficientStorage,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    ServiceUnavailable,
+)
 from service.inference.worker import Worker
 from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus
 from service.jobs.view import job_summary, queued_job, running_job
 from service.jobs.watch import JobWatch
 from service.store.base import JobStore
 from service.store.cluster import ClusterBus
-from service.store.files import Layout
+from service.store.files import Layout, human_size
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ class JobControl:
         workers: int,
         max_queue: int,
         cluster: ClusterBus | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.store = store
         self.layout = layout
@@ -94,11 +102,25 @@ class JobControl:
         self.workers = workers
         self.max_queue = max_queue
         self.cluster = cluster
+        self.min_free_bytes = min_free_bytes
 
     def check_accepting(self) -> None:
         """Uploads are refused while stopping, before their body is read."""
         if self.worker.stopping:
             raise ServiceUnavailable("The service is shutting down; send the upload again in a moment.")
+
+    async def check_disk_room(self) -> None:
+        """Refuse an upload while the storage is below --min-free-mb, before its body is read:
+        a full disk would stop the journal and every transcript, not just this upload."""
+        if not self.min_free_bytes:
+            return
+        free = await asyncio.get_running_loop().run_in_executor(None, self.layout.free_bytes)
+        if free < self.min_free_bytes:
+            raise InsufficientStorage(
+                f"The service's storage is nearly full ({human_size(free)} free, "
+                f"--min-free-mb is {human_size(self.min_free_bytes)}); nothing was stored. "
+                "Free space on the storage volume (or lower --retention-days), then send it again."
+            )
 
     async def check_queue_room(self) -> None:
         """Backpressure: refuse an upload while the queue is at its limit, before its body is read."""

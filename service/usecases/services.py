@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from service.engines.base import ModelCatalog
+from service.inference.selfcheck import SelfCheck
 from service.inference.worker import Worker
 from service.jobs.events import JobEvents
 from service.jobs.watch import JobWatch
@@ -37,6 +38,8 @@ class Services:
     submissions: Submissions
     control: JobControl
     views: JobViews
+    # The service's checks of itself (/health's checks) and what systemd is told.
+    selfcheck: SelfCheck
     started_at: float
     # Only with a shared (Redis) store: what instances tell each other.
     cluster: ClusterBus | None = None

@@ -195,7 +195,9 @@
     let label = "unreachable";
     if (reachable) {
       label = body.status || "unknown";
-      if (body.status !== "ok") state = "bad";
+      // 503 while it loads, restarts or stops is a wait; a fatal error or a failed check is bad.
+      const transient = body.status === "unavailable" && !body.error;
+      if (body.status !== "ok") state = transient ? "wait" : "bad";
       else if (body.worker === "ready") state = "ok";
       else if (body.worker === "busy") state = "busy";
       else state = "wait";

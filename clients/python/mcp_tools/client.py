@@ -15,7 +15,7 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,21 +24,31 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-# The service's rule for job ids (service/jobs.py): ids become file names on both sides.
+from mcp_tools import __version__
+
+# The service's rule for job ids (service/jobs/job.py): ids become file names on both sides.
 JOB_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 JOB_ID_MAX_LENGTH: Final = 128
 HASH_CHARS: Final = 10
-# What /download renders (service/formats.py); rttm needs a diarized job.
+# What /download renders (service/jobs/formats.py); rttm needs a diarized job.
 FORMATS: Final = ("txt", "srt", "vtt", "tsv", "json", "verbose_json", "rttm")
 FINISHED: Final = frozenset({"completed", "failed", "cancelled"})
+# The service's priority levels (service/jobs/job.py); any whole number in the range is allowed too.
+PRIORITIES: Final = {"urgent": 10, "high": 5, "normal": 0, "low": -10}
+MIN_PRIORITY: Final = -100
+MAX_PRIORITY: Final = 100
+TASKS: Final = ("transcribe", "translate")
+# Every request says which client sent it; the service refuses one it no longer works with (426).
+VERSION_HEADER: Final = "X-Client-Version"
+DISTRIBUTION: Final = "whisper-transcription-client"
 # The API token, when the service requires one (`--api-token` there).
 TOKEN_ENV: Final = "TRANSCRIPTION_SERVICE_TOKEN"
 CHUNK_BYTES: Final = 1024 * 1024
 # The service caps one long-poll at 60 s; asking for more is pointless.
 MAX_LONG_POLL_S: Final = 60.0
 START_HINT: Final = (
-    "start it with scripts/start_transcription_service.sh (or `docker compose up -d` in the service's "
-    "checkout)"
+    "start it with scripts/start_transcription_service.sh on the machine it runs on (or "
+    "`docker compose up -d` in the service's checkout)"
 )
 
 
@@ -99,6 +109,10 @@ class ServiceBusy(TranscriptionError):
     """The service's queue stayed full through every retry (HTTP 429)."""
 
 
+class ClientOutdated(TranscriptionError):
+    """426: the service no longer works with this client's version; the message says how to upgrade."""
+
+
 class WaitTimeout(TranscriptionError):
     """The job did not finish in time; `status` is the last status seen. The job itself keeps running."""
 
@@ -128,20 +142,73 @@ def sanitize_stem(stem: str, max_length: int) -> str:
     return cleaned or "audio"
 
 
-def derive_job_id(path: str | Path, model: str | None = None) -> str:
-    """`<stem>-<first 10 hex of sha256(file)>`, with `-<model>` before the hash when a model is chosen.
+def derive_job_id(path: str | Path, model: str | None = None, variant: Sequence[str] = ()) -> str:
+    """`<stem>-<first 10 hex of sha256(file)>`, with `-<model>` and then the `variant` words before
+    the hash when they are given.
 
     The same file always gets the same id, so submitting it again is a safe retry (the service
-    answers 200 with the existing job) rather than a second job. Choosing another model makes
-    another id, since the service would otherwise hand back the first model's job.
+    answers 200 with the existing job) rather than a second job. Choosing another model or other
+    options that change the transcript (`variant_of`) makes another id, since the service would
+    otherwise refuse the upload as a conflict, or hand back the first job.
     """
     digest = file_sha256(Path(path))[:HASH_CHARS]
     suffix = f"-{digest}"
+    words = [sanitize_stem(word, 40) for word in variant if word]
+    if words:
+        suffix = f"-{'-'.join(words)}{suffix}"
     if model:
         suffix = f"-{sanitize_stem(model, 40)}{suffix}"
     job_id = f"{sanitize_stem(Path(path).stem, JOB_ID_MAX_LENGTH - len(suffix))}{suffix}"
     assert JOB_ID_PATTERN.match(job_id), job_id
     return job_id
+
+
+def variant_of(
+    *,
+    language: str | None = None,
+    task: str | None = None,
+    diarize: bool = False,
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    word_timestamps: bool = False,
+) -> list[str]:
+    """Readable words for the options that change a transcript: `de`, `translate`, `diarize`,
+    `n2` / `min2` / `max4` (speakers), `words`. Priority and callback_url change none, so a
+    file sent again with another priority is still the same job."""
+    words = []
+    if language:
+        words.append(language.strip().lower())
+    if task and task != "transcribe":
+        words.append(task)
+    if diarize:
+        words.append("diarize")
+        for prefix, count in (("n", num_speakers), ("min", min_speakers), ("max", max_speakers)):
+            if count is not None:
+                words.append(f"{prefix}{count}")
+    if word_timestamps:
+        words.append("words")
+    return words
+
+
+def priority_name(value: int) -> str | None:
+    """'urgent' for 10, None for a level that has no name."""
+    return next((name for name, level in PRIORITIES.items() if level == value), None)
+
+
+def check_priority(raw: str | int) -> str:
+    """A priority as the service takes it (a level's name or a whole number in range); raises
+    ValueError with a message to show when it is neither, before anything is uploaded."""
+    value = str(raw).strip().lower()
+    if value in PRIORITIES:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"use {', '.join(PRIORITIES)} or a whole number, not {raw!r}") from None
+    if not MIN_PRIORITY <= number <= MAX_PRIORITY:
+        raise ValueError(f"a number must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {number}")
+    return str(number)
 
 
 # -- streamed multipart body ----------------------------------------------------------------------
@@ -260,7 +327,12 @@ class TranscriptionClient:
         self._owns_session = session is None
         self._session = session or requests.Session()
         token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
-        self._auth = {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}
+        self._headers = {
+            VERSION_HEADER: __version__,
+            "User-Agent": f"{DISTRIBUTION}/{__version__} {requests.utils.default_user_agent()}",
+        }
+        if token.strip():
+            self._headers["Authorization"] = f"Bearer {token.strip()}"
 
     def __enter__(self) -> TranscriptionClient:
         return self
@@ -292,23 +364,39 @@ class TranscriptionClient:
         task: str | None = None,
         callback_url: str | None = None,
         priority: str | int | None = None,
+        diarize: bool = False,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        word_timestamps: bool = False,
     ) -> Submission:
-        """Queue a file. Without `job_id` the id is derived from the file (`derive_job_id`), so this
-        call is always safe to retry and a second call for the same file returns the same job.
+        """Queue a file. Without `job_id` the id is derived from the file and the options that
+        change its transcript (`derive_job_id`, `variant_of`), so this call is always safe to retry
+        and a second call for the same file and options returns the same job.
         """
         audio = check_audio_file(Path(path))
+        options: dict[str, Any] = {
+            "language": language,
+            "task": task,
+            "diarize": diarize,
+            "num_speakers": num_speakers,
+            "min_speakers": min_speakers,
+            "max_speakers": max_speakers,
+            "word_timestamps": word_timestamps,
+        }
         if job_id is None:
-            job_id = derive_job_id(audio, model)
+            job_id = derive_job_id(audio, model, variant_of(**options))
         fields = {"job_id": job_id}
         for name, value in (
             ("model", model),
-            ("language", language),
-            ("task", task),
             ("callback_url", callback_url),
             ("priority", None if priority is None else str(priority)),
+            *options.items(),
         ):
-            if value:
-                fields[name] = value
+            if value is True:
+                fields[name] = "true"
+            elif value is not None and value is not False and value != "":
+                fields[name] = str(value)
         body = MultipartFile(audio, fields)
         response = self._request(
             "POST",
@@ -482,7 +570,7 @@ class TranscriptionClient:
                     url,
                     params=params,
                     data=body,
-                    headers={**self._auth, **(headers or {})},
+                    headers={**self._headers, **(headers or {})},
                     timeout=(self.connect_timeout, read_timeout),
                 )
             except (
@@ -513,6 +601,15 @@ class TranscriptionClient:
                     f"The transcription service at {self.base_url} is at its queue limit "
                     f"({attempt} attempts): {error} Send the file again later.",
                     status_code=429,
+                    service_error=error,
+                )
+            if response.status_code == 426:
+                error = _service_error(response)
+                where = "" if "/client/" in error else f" The wheel to install is at {self.base_url}/client/."
+                raise ClientOutdated(
+                    f"Upgrade the client: the transcription service at {self.base_url} refused "
+                    f"{DISTRIBUTION} {__version__}: {error}{where}",
+                    status_code=426,
                     service_error=error,
                 )
             if response.status_code == 401:

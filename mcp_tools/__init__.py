@@ -1,1 +1,0 @@
-"""MCP tools and an HTTP client for the transcription service."""
