@@ -28,9 +28,8 @@ from aiohttp import web
 
 import mcp_tools
 from service import __version__
-from service.api import openai_compat
 from service.api.auth import OPEN_PATHS, OPEN_PREFIXES
-from service.api.schemas import ClientIndex
+from service.api.schemas import OPENAI_PREFIX, ClientIndex
 from service.errors import BadRequest, ServiceError
 
 DISTRIBUTION = "whisper-transcription-client"
@@ -124,7 +123,7 @@ def _is_checked(path: str) -> bool:
     """The service's own API; not the open routes (health, the document, the wheel) nor /v1/."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return False
-    return not openai_compat.is_openai_path(path)
+    return not path.startswith(OPENAI_PREFIX)
 
 
 @web.middleware
