@@ -232,9 +232,7 @@ def render(result: dict[str, Any], fmt: str, job: Job) -> tuple[str, str]:
 
 async def _speech_to_text(request: web.Request, task: Task) -> web.Response:
     services = request.app[SERVICES]
-    services.control.check_accepting()
-    await services.control.check_disk_room()  # before the body is read: nothing is stored
-    await services.control.check_queue_room()
+    await services.control.admit_upload()  # before the body is read: nothing is stored
     job_id = f"oai-{uuid.uuid4().hex}"
 
     def check(raw: dict[str, str]) -> None:

@@ -23,9 +23,7 @@ async def transcribe(request: web.Request) -> web.Response:
     same job already exists, 409 when the job_id is taken by different audio or options.
     """
     services = request.app[SERVICES]
-    services.control.check_accepting()
-    await services.control.check_disk_room()  # before the body is read: nothing is stored
-    await services.control.check_queue_room()
+    await services.control.admit_upload()  # before the body is read: nothing is stored
     form = await read_form(
         request,
         FIELDS,

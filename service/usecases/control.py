@@ -109,6 +109,13 @@ class JobControl:
         if self.worker.stopping:
             raise ServiceUnavailable("The service is shutting down; send the upload again in a moment.")
 
+    async def admit_upload(self) -> None:
+        """Everything an upload must pass before its body is read, so a refusal stores nothing:
+        the service is not stopping, the disk has room, the queue has room."""
+        self.check_accepting()
+        await self.check_disk_room()
+        await self.check_queue_room()
+
     async def check_disk_room(self) -> None:
         """Refuse an upload while the storage is below --min-free-mb, before its body is read:
         a full disk would stop the journal and every transcript, not just this upload."""
