@@ -259,15 +259,32 @@ def _operations() -> tuple[Operation, ...]:
                     {"type": "string", "enum": list(formats.FORMATS), "default": "txt"},
                     "; ".join(f"{name}: {ctype}" for name, (ctype, _) in formats.FORMATS.items()),
                 ),
+                Param(
+                    "partial",
+                    "query",
+                    {"type": "boolean", "default": False},
+                    "true: a queued or running job's transcript so far (its checkpointed chunks), "
+                    "in any format; a completed job's whole transcript.",
+                ),
             ),
             responses={
                 200: Reply(
-                    "The transcript, with `Content-Disposition: inline`.",
+                    "The transcript, with `Content-Disposition: inline`. A partial one carries "
+                    "`X-Transcript-Partial: true` and `X-Transcribed-Seconds`.",
                     content=_download_content(),
-                    headers={"Content-Disposition": Header('`inline; filename="<job_id>.<format>"`')},
+                    headers={
+                        "Content-Disposition": Header('`inline; filename="<job_id>.<format>"`'),
+                        "X-Transcript-Partial": Header("`true` when the job has not finished."),
+                        "X-Transcribed-Seconds": Header(
+                            "Partial transcripts: how far into the recording they reach."
+                        ),
+                    },
                 ),
                 400: error("Unknown format, or rttm for a job without speakers."),
-                404: error("No such job, or it has no transcript (queued, processing, failed)."),
+                404: error(
+                    "No such job, or it has no transcript (queued or processing without "
+                    "partial=true, failed, cancelled)."
+                ),
             },
         ),
         Operation(

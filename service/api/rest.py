@@ -53,14 +53,25 @@ async def download(request: web.Request) -> web.Response:
     fmt = formats.check_format(request.query.get("format", "txt").lower())
     views = request.app[SERVICES].views
     job = await views.get(request.match_info["job_id"])
-    body, content_type = await views.transcript(job, fmt)
-    return web.Response(
-        text=body,
-        headers={
-            "Content-Type": content_type,
-            "Content-Disposition": f'inline; filename="{job.job_id}.{fmt}"',
-        },
-    )
+    partial = _flag(request, "partial")
+    headers: dict[str, str] = {}
+    if partial and not job.status.finished:
+        body, content_type, reached = await views.partial_transcript(job, fmt)
+        headers = {"X-Transcript-Partial": "true", "X-Transcribed-Seconds": f"{reached:.3f}"}
+    else:
+        body, content_type = await views.transcript(job, fmt)
+    headers["Content-Type"] = content_type
+    headers["Content-Disposition"] = f'inline; filename="{job.job_id}.{fmt}"'
+    return web.Response(text=body, headers=headers)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise BadRequest(f"{name} must be true or false, not {raw!r}.")
 
 
 async def cancel(request: web.Request) -> web.Response:

@@ -87,6 +87,41 @@ class Segment:
             out["words"] = [word.as_dict() for word in self.words]
         return out
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Segment:
+        """A segment as `as_dict` wrote it (checkpoints)."""
+        words = raw.get("words")
+        return cls(
+            id=int(raw["id"]),
+            start=float(raw["start"]),
+            end=float(raw["end"]),
+            text=str(raw["text"]),
+            avg_logprob=raw.get("avg_logprob"),
+            no_speech_prob=raw.get("no_speech_prob"),
+            words=None if words is None else [Word(**w) for w in words],
+            speaker=raw.get("speaker"),
+        )
+
+    def shifted(self, offset: float, limit: float) -> Segment:
+        """This segment of a chunk, in the recording's time; nothing ends past `limit`."""
+
+        def at(t: float) -> float:
+            return min(t + offset, limit)
+
+        words = None
+        if self.words is not None:
+            words = [Word(at(w.start), at(w.end), w.word, w.probability) for w in self.words]
+        return Segment(
+            self.id,
+            at(self.start),
+            at(self.end),
+            self.text,
+            self.avg_logprob,
+            self.no_speech_prob,
+            words,
+            self.speaker,
+        )
+
 
 @dataclass(frozen=True)
 class SpeakerTurn:

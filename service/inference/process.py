@@ -29,8 +29,14 @@ from typing import Any
 from service import logs
 from service.backoff import Backoff
 from service.engines.base import JobInterrupted, Result
-from service.inference.pipeline import TranscribeRequest, execute
-from service.inference.runner import ProgressSink, SegmentSink, WorkerCrashed, idle_check_seconds
+from service.inference.pipeline import GO_ON, STOP, TranscribeRequest, execute
+from service.inference.runner import (
+    ChunkSink,
+    ProgressSink,
+    SegmentSink,
+    WorkerCrashed,
+    idle_check_seconds,
+)
 from service.settings import Settings
 from service.tasks import BackgroundTasks
 
@@ -81,6 +87,9 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
     engine = create_engine(settings, Path(models_dir))
     manager = ModelManager.for_settings(engine, settings)
     stop_flags: dict[str, threading.Event] = {}
+    # Chunks sent to the parent to keep, by token: the decode waits for the verdict.
+    verdicts: dict[int, list[Any]] = {}
+    tokens = itertools.count(1)
     pool = ThreadPoolExecutor(max_workers=settings.workers + 1, thread_name_prefix="inference")
 
     def answer(request_id: int, fn: Any, *args: Any) -> None:
@@ -88,6 +97,14 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
             send(("ok", request_id, fn(*args)))
         except BaseException as exc:
             send(("err", request_id, _portable(exc)))
+
+    def checkpoint(job_id: str, chunk: dict[str, Any]) -> str:
+        """Hand a decoded chunk to the parent and wait until it is kept (or refused)."""
+        token = next(tokens)
+        waiting = verdicts[token] = [threading.Event(), STOP]
+        send(("chunk", job_id, token, chunk))
+        waiting[0].wait()  # the parent always answers; if it dies, so does this process
+        return str(verdicts.pop(token)[1])
 
     def transcribe(request_id: int, request: TranscribeRequest, flag: threading.Event) -> None:
         started = time.monotonic()
@@ -102,6 +119,7 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
                     flag.is_set,
                     lambda fraction: send(("progress", request.job_id, fraction)),
                     lambda segment: send(("segment", request.job_id, segment)),
+                    lambda chunk: checkpoint(request.job_id, chunk),
                 )
                 log.info(
                     "job %s: decode ended after %.1f s%s",
@@ -133,6 +151,10 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
             # The flag exists before the job can run, so an interrupt right after is never lost.
             flag = stop_flags[message[2].job_id] = threading.Event()
             pool.submit(transcribe, message[1], message[2], flag)
+        elif op == "verdict":
+            if (waiting := verdicts.get(message[1])) is not None:
+                waiting[1] = message[2]
+                waiting[0].set()
         elif op == "interrupt":
             if (running := stop_flags.get(message[1])) is not None:
                 running.set()
@@ -170,6 +192,8 @@ class ProcessRunner:
         self.state = "starting"
         self._on_progress = on_progress
         self._on_segment = on_segment
+        self.on_chunk: ChunkSink | None = None
+        self._keeping = BackgroundTasks(log)  # checkpoints being written, verdicts to send
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -257,6 +281,8 @@ class ProcessRunner:
         elif kind == "segment":
             if self._on_segment is not None:
                 self._on_segment(message[1], message[2])
+        elif kind == "chunk":
+            self._keeping.spawn(self._keep_chunk(message[1], message[2], message[3]))
         elif kind == "hello":
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(None)
@@ -268,6 +294,18 @@ class ProcessRunner:
                 future.set_result(message[2])
             else:
                 future.set_exception(message[2])
+
+    async def _keep_chunk(self, job_id: str, token: int, chunk: dict[str, Any]) -> None:
+        verdict = GO_ON
+        if self.on_chunk is not None:
+            try:
+                verdict = await self.on_chunk(job_id, chunk)
+            except Exception:
+                log.exception("job %s: a checkpoint could not be kept", job_id)
+                verdict = STOP
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(("verdict", token, verdict))
 
     def _child_ended(self, proc: BaseProcess) -> None:
         if proc is not self._proc:
@@ -322,6 +360,7 @@ class ProcessRunner:
         """End the child; requests in flight fail with WorkerCrashed. Safe to call twice."""
         self._closing = True
         await self._restarting.close()
+        await self._keeping.close()
         proc, conn = self._proc, self._conn
         if proc is None:
             return

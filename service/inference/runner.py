@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from service.engines.base import Result
 from service.inference.models import ModelManager
-from service.inference.pipeline import TranscribeRequest, execute
+from service.inference.pipeline import STOP, TranscribeRequest, execute
 from service.tasks import BackgroundTasks
 
 ProgressSink = Callable[[str, float], None]
 # Each decoded segment, as a dict (the shape /download's json has), for live streams.
 SegmentSink = Callable[[str, dict[str, Any]], None]
+# Each decoded chunk, kept durably before the decode goes on; answers the pipeline's verdict.
+ChunkSink = Callable[[str, dict[str, Any]], Coroutine[Any, Any, str]]
 # How often idle models are looked for.
 IDLE_CHECK_SECONDS = 15.0
 
@@ -39,6 +41,7 @@ class Runner(Protocol):
     pid: int | None
     restarts: int
     isolation: str  # "process" or "thread", for metrics
+    on_chunk: ChunkSink | None  # set by the worker, which keeps the checkpoints
 
     @property
     def ready(self) -> bool: ...
@@ -86,6 +89,7 @@ class ThreadRunner:
         self.restarts = 0
         self._on_progress = on_progress
         self._on_segment = on_segment
+        self.on_chunk: ChunkSink | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._stop_flags: dict[str, threading.Event] = {}
         self._evicting = BackgroundTasks()  # evicts idle models, once started
@@ -129,9 +133,18 @@ class ThreadRunner:
             if self._on_segment is not None:
                 loop.call_soon_threadsafe(self._on_segment, request.job_id, segment)
 
+        def checkpoint(chunk: dict[str, Any]) -> str:
+            if self.on_chunk is None:
+                return "go"
+            kept = asyncio.run_coroutine_threadsafe(self.on_chunk(request.job_id, chunk), loop)
+            try:
+                return kept.result()
+            except Exception:  # the store could not keep it: stop, the run's outcome is unknown
+                return STOP
+
         try:
             return await loop.run_in_executor(
-                self._executor, execute, self.manager, request, flag.is_set, report, emit
+                self._executor, execute, self.manager, request, flag.is_set, report, emit, checkpoint
             )
         finally:
             self._stop_flags.pop(request.job_id, None)

@@ -18,11 +18,12 @@ from service.atomic import write_json_atomic
 from service.backoff import Backoff
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
-from service.inference.pipeline import TranscribeRequest
+from service.inference.pipeline import GO_ON, STEP_ASIDE, STOP, TranscribeRequest
 from service.inference.runner import Runner, WorkerCrashed
 from service.jobs import events as ev
 from service.jobs.events import JobEvents
 from service.jobs.job import Job, JobStatus
+from service.jobs.view import clock
 from service.jobs.watch import JobWatch
 from service.settings import Settings
 from service.store.base import JobStore
@@ -108,6 +109,9 @@ class Worker:
         self.active_jobs: list[str] = []
         self._cancelled: set[str] = set()  # running jobs a client cancelled, until they stop
         self._lost: set[str] = set()  # running jobs another instance took over (shared store)
+        self._stepping_aside: set[str] = set()  # running jobs pausing for a higher-priority one
+        self._running: dict[str, Job] = {}
+        self._reached: dict[str, float] = {}  # each running job's last checkpoint, in audio seconds
         self._announcing = BackgroundTasks(log)
         self.fatal_error: str | None = None
         self.fatal = asyncio.Event()
@@ -122,6 +126,7 @@ class Worker:
         self._grace = BackgroundTasks(log)  # the interrupt after the grace period, once stopping
         self._idle = asyncio.Event()  # set while no job runs
         self._idle.set()
+        runner.on_chunk = self.chunk_done
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -202,6 +207,24 @@ class Worker:
             self.events.publish(job_id, ev.END, {"status": job.status.value})
         else:
             self.events.publish(job_id, ev.STATUS, {"status": job.status.value})
+
+    async def chunk_done(self, job_id: str, chunk: dict[str, object]) -> str:
+        """A decoded chunk of a running job: keep it, then say whether the decode goes on.
+
+        It steps aside between chunks when a queued job would be claimed before it (a higher
+        priority): the urgent job then waits for at most one chunk of a long one.
+        """
+        if job_id in self._cancelled or job_id in self._lost:
+            return STOP
+        if not await self.journal.save_checkpoint(job_id, dict(chunk)):
+            return STOP
+        self._reached[job_id] = float(chunk["end"])  # type: ignore[arg-type]
+        job = self._running.get(job_id)
+        busy = len(self.active_jobs) >= self.settings.workers
+        if job is not None and busy and not self._stopped.is_set() and await self.journal.outranked(job):
+            self._stepping_aside.add(job_id)
+            return STEP_ASIDE
+        return GO_ON
 
     # -- models ---------------------------------------------------------------------------
     async def load_model(self, name: str) -> dict[str, object]:
@@ -298,6 +321,7 @@ class Worker:
 
     async def _run_job(self, job: Job) -> None:
         self.active_jobs.append(job.job_id)
+        self._running[job.job_id] = job
         self._idle.clear()
         started = self._last_heard[job.job_id] = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
@@ -326,6 +350,15 @@ class Worker:
                 result.duration_s / elapsed if elapsed else 0.0,
             )
         except JobInterrupted:
+            if job.job_id in self._stepping_aside and job.job_id not in self._cancelled:
+                await self.journal.release(job.job_id)
+                log.info(
+                    "job %s: stepped aside after %s for a job of higher priority; its finished "
+                    "chunks are kept",
+                    job.job_id,
+                    clock(self._reached.get(job.job_id, 0.0)),
+                )
+                return
             if job.job_id in self._lost:
                 log.info("job %s: stopped here; another instance runs it now", job.job_id)
                 return
@@ -343,7 +376,13 @@ class Worker:
                 await self.journal.release(job.job_id)
                 log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
                 return
-            failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts)
+            reached = self._reached.get(job.job_id)
+            if reached is None:
+                reached = max(
+                    (float(c["end"]) for c in await self.journal.checkpoints(job.job_id)), default=0.0
+                )
+            where = f" It last crashed decoding the chunk after {clock(reached)} of the recording."
+            failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts, where)
             log.error(
                 "job %s: %s; %s",
                 job.job_id,
@@ -363,6 +402,9 @@ class Worker:
             self._last_heard.pop(job.job_id, None)
             self._cancelled.discard(job.job_id)
             self._lost.discard(job.job_id)
+            self._stepping_aside.discard(job.job_id)
+            self._running.pop(job.job_id, None)
+            self._reached.pop(job.job_id, None)
             if not self.active_jobs:
                 self._idle.set()
             await self.job_ended(job.job_id)
@@ -394,7 +436,15 @@ class Worker:
             initial_prompt=job.options.initial_prompt,
             temperature=job.options.temperature,
         )
-        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options)
+        done = tuple(await self.journal.checkpoints(job.job_id))
+        if done:
+            log.info(
+                "job %s: resuming after %s (%d chunks kept from earlier runs)",
+                job.job_id,
+                clock(max(float(c["end"]) for c in done)),
+                len(done),
+            )
+        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options, done)
         try:
             return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))
         except ModelUnavailable as exc:
@@ -406,7 +456,9 @@ class Worker:
             )
             log.warning("job %s: %s", job.job_id, note)
             await self.journal.set_note(job.job_id, note, cacheable=False)
-            fallback = TranscribeRequest(job.job_id, str(path), self.settings.model, options, job.options)
+            fallback = TranscribeRequest(
+                job.job_id, str(path), self.settings.model, options, job.options, done
+            )
             return await self._run_with_timeout(fallback, job_timeout(self.settings, job.duration_s))
 
     async def _run_with_timeout(self, request: TranscribeRequest, limit_s: float) -> Result:

@@ -138,6 +138,8 @@ class Job:
     options: JobOptions = field(default_factory=JobOptions)
     priority: int = 0
     cache_key: str | None = None
+    # How far into the recording the checkpointed transcript reaches (long jobs, while running).
+    transcribed_s: float | None = None
 
 
 def iso_time(timestamp: float | None) -> str | None:

@@ -141,6 +141,11 @@ class JobView(Body):
         default=None, description="Queued jobs: 1 runs next."
     )
     transcript: Absent[str] = Field(default=None, description="Completed jobs: the text.")
+    transcribed_s: Absent[Annotated[float, Field(ge=0)]] = Field(
+        default=None,
+        description="Unfinished jobs with checkpointed chunks: how far into the recording the "
+        "transcript reaches (GET /download/{job_id}?partial=true returns it).",
+    )
     error: Absent[str] = Field(default=None, description="Failed jobs: why.")
     note: Absent[str] = Field(default=None, description="e.g. the model fell back to the default.")
 
@@ -228,13 +233,23 @@ def status_message(job: Job, position: int | None = None) -> str:
     if job.status is JobStatus.QUEUED:
         return "Waiting in the queue" + (f" (position {position})" if position else "") + "."
     if job.status is JobStatus.PROCESSING:
-        return f"Transcribing: {job.progress:.0%} done."
+        reached = ""
+        if job.transcribed_s and job.duration_s:
+            reached = f" ({clock(job.transcribed_s)} of {clock(job.duration_s)} transcribed)"
+        return f"Transcribing: {job.progress:.0%} done{reached}."
     if job.status is JobStatus.COMPLETED:
         took = (job.completed_at or 0) - (job.started_at or job.created_at)
         return f"Completed in {took:.1f} s; download the transcript from /download/{job.job_id}."
     if job.status is JobStatus.CANCELLED:
         return "Cancelled; submit the audio again to run it."
     return f"Failed: {job.error}"
+
+
+def clock(seconds: float) -> str:
+    """Seconds as m:ss or h:mm:ss, as people read a recording's position."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def options_view(options: JobOptions) -> JobOptionsView:
@@ -265,6 +280,7 @@ def job_view(job: Job, position: int | None = None, transcript: str | None = Non
         completed_at=iso_time(job.completed_at),
         queue_position=position if queued else None,
         transcript=transcript if completed else None,
+        transcribed_s=_seconds(job.transcribed_s) if not job.status.finished else None,
         error=job.error if job.status is JobStatus.FAILED else None,
         note=job.note or None,
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -76,6 +77,7 @@ local function move(p, id, seq, from, to)
 end
 local function finish(p, id, seq, from, to, at)
   move(p, id, seq, from, to)
+  redis.call('DEL', p .. ':checkpoints:' .. id)
   redis.call('ZREM', p .. ':leases', id)
   redis.call('ZADD', p .. ':ended', at, id)
 end
@@ -296,7 +298,7 @@ end
 redis.call('ZREM', p .. ':st:' .. f[1], id)
 redis.call('ZREM', p .. ':ended', id)
 redis.call('ZREM', p .. ':all', id)
-redis.call('DEL', jk)
+redis.call('DEL', jk, p .. ':checkpoints:' .. id)
 return 1
 """
 
@@ -305,6 +307,34 @@ _PROGRESS = """
 local jk = ARGV[1] .. ':job:' .. ARGV[2]
 if redis.call('HGET', jk, 'status') == 'processing' then redis.call('HSET', jk, 'progress', ARGV[3]) end
 return 1
+"""
+
+# ARGV: prefix, job_id, token, field, checkpoint json, transcribed_s. 1 when kept; 0 when the
+# job is not (or no longer) this holder's running job.
+_CHECKPOINT = """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. ':job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'lease')
+if f[1] ~= 'processing' or f[2] ~= ARGV[3] then return 0 end
+redis.call('HSET', p .. ':checkpoints:' .. id, ARGV[4], ARGV[5])
+redis.call('HSET', jk, 'transcribed_s', ARGV[6])
+return 1
+"""
+
+# ARGV: prefix, priority, created_at, seq, now, aging_s, ceiling. 1 when a queued job would be
+# claimed before a job with these values.
+_OUTRANKED = """
+local p, pri, created, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, aging, ceiling = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function eff(pr, c) return math.max(pr, math.min(pr + (now - c) / aging, ceiling)) end
+local mine = eff(pri, created)
+local ids = redis.call('ZRANGE', p .. ':st:queued', 0, -1, 'WITHSCORES')
+for i = 1, #ids, 2 do
+  local f = redis.call('HMGET', p .. ':job:' .. ids[i], 'priority', 'created_at')
+  local e = eff(tonumber(f[1]) or 0, tonumber(f[2]) or now)
+  if e > mine or (e == mine and tonumber(ids[i + 1]) < seq) then return 1 end
+end
+return 0
 """
 
 # ARGV: prefix, seq, now, aging_s, ceiling. 1 for the job that runs next.
@@ -342,7 +372,7 @@ return redis.call('ZCARD', key)
 """
 
 _INT_FIELDS = {"seq", "audio_bytes", "attempts", "priority"}
-_FLOAT_FIELDS = {"duration_s", "progress", "created_at", "started_at", "completed_at"}
+_FLOAT_FIELDS = {"duration_s", "progress", "created_at", "started_at", "completed_at", "transcribed_s"}
 _JOB_FIELDS = tuple(Job.__dataclass_fields__)
 
 
@@ -454,6 +484,8 @@ class RedisJobStore:
                 ("progress", _PROGRESS),
                 ("position", _POSITION),
                 ("heartbeat", _HEARTBEAT),
+                ("checkpoint", _CHECKPOINT),
+                ("outranked", _OUTRANKED),
             )
         }
         self._tasks = BackgroundTasks(log)  # lease renewal and reclaim, while open
@@ -754,6 +786,24 @@ class RedisJobStore:
         with contextlib.suppress(StoreUnavailable):  # progress is advisory; the next report retries
             await self._script("progress", job_id, repr(progress))
 
+    async def save_checkpoint(self, job_id: str, checkpoint: dict[str, Any]) -> bool:
+        field = f"{int(checkpoint.get('channel', 0))}:{round(float(checkpoint['start']) * 1000)}"
+        data = json.dumps(checkpoint, separators=(",", ":"))
+        transcribed = repr(float(checkpoint.get("transcribed_s") or 0.0))
+        kept = await self._end_write("checkpoint", job_id, self._token(job_id), field, data, transcribed)
+        return bool(kept)
+
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        async with self._guard():
+            raw = await self.redis.hvals(self.key("checkpoints", job_id))
+        found = [json.loads(value) for value in raw]
+        return sorted(found, key=lambda c: (int(c.get("channel", 0)), float(c["start"])))
+
+    async def outranked(self, job: Job) -> bool:
+        args = (job.priority, repr(job.created_at), job.seq, repr(time.time()))
+        order = (self.priority_aging_s, URGENT - 1.0)
+        return bool(await self._script("outranked", *args, *order))
+
     async def set_note(self, job_id: str, note: str, cacheable: bool = True) -> None:
         async with self._guard(), self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.key("job", job_id), "note", note)
@@ -796,8 +846,9 @@ class RedisJobStore:
     async def release(self, job_id: str) -> None:
         await self._end_run(job_id, "release")
 
-    async def requeue_crashed(self, job_id: str, max_attempts: int) -> bool:
-        return await self._end_run(job_id, "crashed", _CRASHED, max_attempts=max_attempts) == 2
+    async def requeue_crashed(self, job_id: str, max_attempts: int, detail: str = "") -> bool:
+        message = _CRASHED + detail
+        return await self._end_run(job_id, "crashed", message, max_attempts=max_attempts) == 2
 
     async def cancel(self, job_id: str) -> Job | None:
         flat = await self._script("cancel", job_id, repr(time.time()))

@@ -7,6 +7,7 @@ disk. Commits use `synchronous=FULL`: a job the API has acknowledged survives a 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Collection
@@ -45,6 +46,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     cache_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+-- Checkpoints: each decoded chunk of a running job, kept until the job ends.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT NOT NULL,
+    channel INTEGER NOT NULL,
+    start_s REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, channel, start_s)
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_end AFTER UPDATE OF status ON jobs
+WHEN NEW.status IN ('completed', 'failed', 'cancelled')
+BEGIN DELETE FROM checkpoints WHERE job_id = NEW.job_id; END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_delete AFTER DELETE ON jobs
+BEGIN DELETE FROM checkpoints WHERE job_id = OLD.job_id; END;
 """
 # Indexes on columns that older journals gain at open, so created after the migration.
 _LATE_INDEXES = """
@@ -55,7 +69,7 @@ CREATE INDEX IF NOT EXISTS jobs_status_completed ON jobs (status, completed_at);
 _COLUMNS = (
     "job_id, seq, status, audio_file, audio_sha256, audio_bytes, original_filename, model, "
     "language, task, callback_url, duration_s, progress, error, attempts, created_at, "
-    "started_at, completed_at, note, options, priority, cache_key"
+    "started_at, completed_at, note, options, priority, cache_key, transcribed_s"
 )
 # Columns added after the first release, created on older journals at open.
 _ADDED_COLUMNS = {
@@ -63,6 +77,7 @@ _ADDED_COLUMNS = {
     "options": "TEXT",
     "priority": "INTEGER NOT NULL DEFAULT 0",
     "cache_key": "TEXT",
+    "transcribed_s": "REAL",
 }
 _CRASHED = (
     "The worker crashed on this job {attempts} times; giving up. "
@@ -111,11 +126,13 @@ def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
     return job
 
 
-def _requeue_or_fail(conn: sqlite3.Connection, job_id: str, attempts: int, limit: int, now: float) -> bool:
+def _requeue_or_fail(
+    conn: sqlite3.Connection, job_id: str, attempts: int, limit: int, now: float, detail: str = ""
+) -> bool:
     if attempts >= limit:
         conn.execute(
             "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
-            (JobStatus.FAILED.value, now, _CRASHED.format(attempts=attempts), job_id),
+            (JobStatus.FAILED.value, now, _CRASHED.format(attempts=attempts) + detail, job_id),
         )
         return True
     conn.execute(
@@ -439,6 +456,53 @@ class SqliteJobStore:
 
         return await self._run(op)
 
+    async def outranked(self, job: Job) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            effective = "MAX(priority, MIN(priority + (:now - created_at) / :aging, :ceiling))"
+            mine = "MAX(:priority, MIN(:priority + (:now - :created) / :aging, :ceiling))"
+            row = conn.execute(
+                f"SELECT 1 FROM jobs WHERE status = :queued AND ({effective} > {mine} "
+                f"OR ({effective} = {mine} AND seq < :seq)) LIMIT 1",
+                {
+                    "queued": JobStatus.QUEUED.value,
+                    "now": time.time(),
+                    "priority": job.priority,
+                    "created": job.created_at,
+                    "seq": job.seq,
+                    **self._order_args,
+                },
+            ).fetchone()
+            return row is not None
+
+        return await self._run(op)
+
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT data FROM checkpoints WHERE job_id = ? ORDER BY channel, start_s", (job_id,)
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return [json.loads(raw) for raw in await self._run(op)]
+
+    async def save_checkpoint(self, job_id: str, checkpoint: dict[str, Any]) -> bool:
+        data = json.dumps(checkpoint, separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> bool:
+            running = conn.execute(
+                "UPDATE jobs SET transcribed_s = ? WHERE job_id = ? AND status = ?",
+                (checkpoint.get("transcribed_s"), job_id, JobStatus.PROCESSING.value),
+            ).rowcount
+            if running != 1:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (job_id, channel, start_s, data) VALUES (?, ?, ?, ?)",
+                (job_id, int(checkpoint.get("channel", 0)), float(checkpoint["start"]), data),
+            )
+            return True
+
+        return await self._run(op)
+
     async def set_progress(self, job_id: str, progress: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -528,7 +592,7 @@ class SqliteJobStore:
 
         return await self._run(op)
 
-    async def requeue_crashed(self, job_id: str, max_attempts: int) -> bool:
+    async def requeue_crashed(self, job_id: str, max_attempts: int, detail: str = "") -> bool:
         """The worker died holding this job: back to the queue, or failed past the limit (True)."""
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -536,7 +600,9 @@ class SqliteJobStore:
                 "SELECT attempts FROM jobs WHERE job_id = ? AND status = ?",
                 (job_id, JobStatus.PROCESSING.value),
             ).fetchone()
-            return row is not None and _requeue_or_fail(conn, job_id, row[0], max_attempts, time.time())
+            return row is not None and _requeue_or_fail(
+                conn, job_id, row[0], max_attempts, time.time(), detail
+            )
 
         return await self._run(op)
 

@@ -98,6 +98,30 @@ class JobViews:
             raise JobNotFound(f"No job with id {job_id!r}.")
         return job
 
+    async def partial_transcript(self, job: Job, fmt: str) -> tuple[str, str, float]:
+        """A queued or running job's transcript so far, from its checkpoints, with its content
+        type and how far into the recording it reaches."""
+        checkpoints = await self.store.checkpoints(job.job_id)
+        if job.options.split_channels:
+            for c in checkpoints:
+                for s in c.get("segments", ()):
+                    s.setdefault("speaker", f"CHANNEL_{int(c.get('channel', 0)) + 1}")
+        segments = [dict(s) for c in checkpoints for s in c.get("segments", ())]
+        segments.sort(key=lambda s: (float(s["start"]), s.get("speaker") or ""))
+        for index, segment in enumerate(segments):
+            segment["id"] = index
+        reached = max((float(c["end"]) for c in checkpoints), default=0.0)
+        result = {
+            "text": " ".join(str(s["text"]).strip() for s in segments).strip(),
+            "language": next((c["language"] for c in checkpoints if c.get("language")), job.language),
+            "duration": round(reached, 3),
+            "segments": segments,
+        }
+        body, content_type = await asyncio.get_running_loop().run_in_executor(
+            None, formats.render, result, fmt, job.job_id, job.task.value
+        )
+        return body, content_type, float(job.transcribed_s or reached)
+
     async def transcript(self, job: Job, fmt: str) -> tuple[str, str]:
         """A completed job's transcript in `fmt`, with its content type."""
         if job.status is not JobStatus.COMPLETED:
