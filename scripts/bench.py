@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the service against the ways Whisper was run without it, on real speech.
 
-    python scripts/bench.py [--quick] [--only cold,overhead,engines,burst,responsiveness,memory,journal,scale]
+    python scripts/bench.py [--quick]
+                            [--only cold,overhead,engines,burst,responsiveness,memory,journal,scale,long]
                             [--json PATH] [--markdown PATH] [--threads N] [--repeat N] [--redis-url URL]
 
 Sections (scripts/bench/sections.py says exactly what each one times):
@@ -13,6 +14,8 @@ Sections (scripts/bench/sections.py says exactly what each one times):
   memory          HTTP-process RSS while a big upload streams in; idle RSS per engine
   journal         start-up time and /status latency with thousands of jobs in the journal
   scale           jobs per minute with one and with two instances on one Redis queue (needs Redis)
+  long            long recordings: memory vs length (10 min / 3 h), kill -9 and resume, chunked vs
+                  whole-file decode (speed, WER, non-speech, start times), urgent wait; ~25 min alone
 
 Every service process and in-process model gets the same thread count (--threads, also exported
 as OMP_NUM_THREADS) and beam size. A failing section is recorded in the JSON and the run goes on.
@@ -39,7 +42,17 @@ for _path in (str(REPO), str(SCRIPTS)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-ALL_SECTIONS = ["cold", "overhead", "engines", "burst", "responsiveness", "memory", "journal", "scale"]
+ALL_SECTIONS = [
+    "cold",
+    "overhead",
+    "engines",
+    "burst",
+    "responsiveness",
+    "memory",
+    "journal",
+    "scale",
+    "long",
+]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 

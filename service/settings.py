@@ -178,6 +178,13 @@ class Settings:
     model_idle_seconds: Annotated[float, Flag("unload a non-default model unused this long; -1 never")] = (
         300.0
     )
+    vad: Annotated[
+        bool,
+        Flag(
+            "find speech before decoding: silence, noise and music are skipped, never transcribed "
+            "(off: everything is decoded, in 30 s chunks cut at the quietest moments)"
+        ),
+    ] = True
     model_fallback: Annotated[
         bool, Flag("run a job on the default model when its own cannot be loaded, and say so")
     ] = False

@@ -208,7 +208,9 @@ __all__ = ["FakeEngine", "JobInterrupted"]
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(storage_dir=tmp_path / "storage", beam_size=5)
+    # Tests built on these settings drive the fake engine with made-up audio (tones, silence):
+    # no speech detection, so every job's whole recording reaches the engine.
+    return Settings(storage_dir=tmp_path / "storage", beam_size=5, vad=False)
 
 
 # -- real server processes -----------------------------------------------------------------

@@ -170,7 +170,12 @@ async def test_tools_are_listed_with_guidance_for_agents(mcp_log: TextIO) -> Non
         "transcription_service_url",
         "wait_seconds",
         "format",
+        "partial",
     }
+    assert (
+        "transcript_so_far" in check.description
+        and check.input_schema["properties"]["partial"]["default"] is False
+    )
 
     cancel = listed["cancel_transcription"]
     assert cancel.description and "no longer wanted" in cancel.description

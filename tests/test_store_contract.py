@@ -154,6 +154,60 @@ async def test_release_refunds_the_attempt(store: JobStore) -> None:
     assert job.started_at is None
 
 
+def _chunk(start: float, end: float, text: str, channel: int = 0) -> dict[str, object]:
+    segment = {"id": 0, "start": start + 0.2, "end": end - 0.2, "text": text}
+    return {"channel": channel, "start": start, "end": end, "segments": [segment], "transcribed_s": end}
+
+
+async def test_checkpoints_are_kept_for_a_running_job_until_it_ends(store: JobStore) -> None:
+    await store.insert(new_job("long"))
+    assert not await store.save_checkpoint("long", _chunk(0, 28, " a")), "only a running job keeps them"
+    await store.claim_next()
+    assert await store.save_checkpoint("long", _chunk(30, 55, " b"))
+    assert await store.save_checkpoint("long", _chunk(0, 28, " a"))
+    assert await store.save_checkpoint("long", _chunk(0, 28, " a"))  # a chunk kept twice is kept once
+    assert [c["start"] for c in await store.checkpoints("long")] == [0, 30]
+    running = await store.get("long")
+    assert running is not None and running.transcribed_s == 28  # the last one kept
+    # Back in the queue (a crash, a restart, stepping aside): the checkpoints stay.
+    await store.release("long")
+    assert len(await store.checkpoints("long")) == 2
+    queued = await store.get("long")
+    assert queued is not None and queued.transcribed_s == 28
+    await store.claim_next()
+    assert await store.complete("long", "en", 60.0)
+    assert await store.checkpoints("long") == []
+    assert not await store.save_checkpoint("long", _chunk(60, 70, " c")), "an ended job keeps none"
+    for end in ("fail", "cancel"):
+        job_id = f"ends-by-{end}"
+        await store.insert(new_job(job_id))
+        await store.claim_next()
+        assert await store.save_checkpoint(job_id, _chunk(0, 10, " x"))
+        await (store.fail(job_id, "no") if end == "fail" else store.cancel(job_id))
+        assert await store.checkpoints(job_id) == []
+
+
+async def test_a_crash_past_the_limit_names_where_it_crashed(store: JobStore) -> None:
+    await store.insert(new_job("poison"))
+    await store.claim_next()
+    assert await store.requeue_crashed("poison", max_attempts=1, detail=" It crashed after 12:30.")
+    job = await store.get("poison")
+    assert job is not None and (job.error or "").endswith("It crashed after 12:30.")
+
+
+async def test_outranked_follows_the_claim_order(store: JobStore) -> None:
+    await store.insert(new_job("long"))
+    running = await store.claim_next()
+    assert running is not None
+    await store.insert(new_job("later"))
+    assert not await store.outranked(running), "an equal priority that came later waits its turn"
+    await store.insert(new_job("high", priority=5))
+    assert await store.outranked(running)
+    urgent_running = await store.claim_next()  # "high" runs now
+    assert urgent_running is not None and urgent_running.job_id == "high"
+    assert not await store.outranked(urgent_running)
+
+
 async def test_listing_paging_retention(store: JobStore) -> None:
     for i in range(5):
         await store.insert(new_job(f"j{i}"))

@@ -29,6 +29,7 @@ from service.app import create_app
 from service.engines.base import DecodeOptions
 from service.inference import audio
 from service.inference.models import ModelManager
+from service.inference.chunking import ChunkingOptions
 from service.inference.pipeline import TranscribeRequest, execute
 from service.jobs.job import JobOptions
 from service.settings import Settings
@@ -321,7 +322,12 @@ def test_split_channel_segments_stay_distinct(settings: Settings, tmp_path: Path
         out.writeframes((np.random.default_rng(0).normal(0, 2000, 32_000)).astype("<i2").tobytes())
     manager = ModelManager.for_settings(FakeEngine(), settings)
     request = TranscribeRequest(
-        "split", str(path), "tiny.en", DecodeOptions(), JobOptions(split_channels=True)
+        "split",
+        str(path),
+        "tiny.en",
+        DecodeOptions(),
+        JobOptions(split_channels=True),
+        chunking=ChunkingOptions(detect_speech=settings.vad),
     )
     heard: list[dict[str, Any]] = []
     result = execute(manager, request, lambda: False, lambda _: None, heard.append)

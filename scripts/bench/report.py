@@ -18,6 +18,7 @@ TITLES = {
     "memory": "Memory",
     "journal": "Journal scale",
     "scale": "Scale-out on one Redis queue",
+    "long": "Long recordings",
 }
 
 

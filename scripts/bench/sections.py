@@ -1,4 +1,5 @@
-"""The eight measurements. Each takes the run's Context and returns a SectionResult.
+"""The nine measurements. Each takes the run's Context and returns a SectionResult (the ninth,
+long recordings, lives in long_section.py).
 
 Fairness rules every section keeps: the service and its baseline get the same flags (engine,
 beam size, threads) and the same clips; what is compared runs interleaved, alternating which
@@ -48,6 +49,7 @@ from bench.common import (
     write_big_wav,
 )
 from bench.inprocess import ServiceEngine, Transcriber, faster_whisper_baseline, service_args, timed
+from bench.long_section import long as long_recordings
 from bench.server import (
     Client,
     EndToEnd,
@@ -1356,4 +1358,5 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "memory": memory,
     "journal": journal,
     "scale": scale,
+    "long": long_recordings,
 }

@@ -36,6 +36,9 @@ class ChunkingOptions:
     pad_s: float = 0.5  # audio kept either side of speech, so soft word edges are not clipped
     max_gap_s: float = 2.0  # stretches closer than this share a chunk (when they fit)
     max_chunk_s: float = 30.0  # Whisper's window
+    # Off: every frame counts as speech (nothing skipped); long stretches are still cut in
+    # their quietest moments, by loudness instead of the detector.
+    detect_speech: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,11 @@ class ChunkPlanner:
 
     def _split_speech(self, out: list[tuple[int, int]]) -> None:
         """Speech with no pause for a whole window: cut at its least speech-like frame in the
-        second half, so the cut still falls between words as far as the detector can tell."""
+        second half, so the cut falls between words as far as the detector can tell."""
         assert self._speech_start is not None
         half = len(self._scores) // 2
-        cut = half + int(np.argmin(self._scores[half:]))
+        tail = np.asarray(self._scores[half:])
+        cut = half + len(tail) - 1 - int(np.argmin(tail[::-1]))  # ties: the latest, for long chunks
         start = self._speech_start
         self._add_region(start, start + cut, out)
         self._speech_start = start + cut
@@ -178,10 +182,35 @@ class ChunkPlanner:
         return max(0, frame * FRAME_SAMPLES - self._pad)
 
 
+class _Loudness:
+    """Stands in for the detector when speech detection is off: every frame is speech, and
+    quieter frames score lower, so forced cuts land where the recording is quietest."""
+
+    def __init__(self) -> None:
+        self._carry = np.zeros(0, dtype=np.float32)
+
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        samples = np.concatenate((self._carry, block)) if self._carry.size else block
+        whole = samples.size - samples.size % FRAME_SAMPLES
+        self._carry = samples[whole:].copy()
+        return self._score(samples[:whole])
+
+    def flush(self) -> np.ndarray:
+        tail, self._carry = self._carry, np.zeros(0, dtype=np.float32)
+        return self._score(np.pad(tail, (0, FRAME_SAMPLES - tail.size))) if tail.size else tail
+
+    @staticmethod
+    def _score(samples: np.ndarray) -> np.ndarray:
+        if not samples.size:
+            return np.zeros(0, dtype=np.float32)
+        rms = np.sqrt(np.mean(samples.reshape(-1, FRAME_SAMPLES) ** 2, axis=1))
+        return (0.9 + 0.1 * np.minimum(rms / 0.1, 1.0)).astype(np.float32)
+
+
 def speech_chunks(stream: AudioStream, options: ChunkingOptions | None = None) -> Iterator[Chunk]:
     """The recording's speech chunks, in order, read from `stream` in bounded memory."""
-    detector = SpeechDetector()
     planner = ChunkPlanner(options)
+    detector = SpeechDetector() if planner.options.detect_speech else _Loudness()
     held = np.zeros(0, dtype=np.float32)
     held_from = 0  # the recording's sample at held[0]
 

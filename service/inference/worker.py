@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from enum import StrEnum
 
 from service import logs
@@ -18,6 +19,7 @@ from service.atomic import write_json_atomic
 from service.backoff import Backoff
 from service.engines.base import DecodeOptions, JobInterrupted, Result
 from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
+from service.inference.chunking import ChunkingOptions
 from service.inference.pipeline import GO_ON, STEP_ASIDE, STOP, TranscribeRequest
 from service.inference.runner import Runner, WorkerCrashed
 from service.jobs import events as ev
@@ -216,10 +218,11 @@ class Worker:
         """
         if job_id in self._cancelled or job_id in self._lost:
             return STOP
-        if not await self.journal.save_checkpoint(job_id, dict(chunk)):
+        job = self._running.get(job_id)
+        kept = dict(chunk, attempt=job.attempts) if job is not None else dict(chunk)
+        if not await self.journal.save_checkpoint(job_id, kept):
             return STOP
         self._reached[job_id] = float(chunk["end"])  # type: ignore[arg-type]
-        job = self._running.get(job_id)
         busy = len(self.active_jobs) >= self.settings.workers
         if job is not None and busy and not self._stopped.is_set() and await self.journal.outranked(job):
             self._stepping_aside.add(job_id)
@@ -444,7 +447,8 @@ class Worker:
                 clock(max(float(c["end"]) for c in done)),
                 len(done),
             )
-        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options, done)
+        chunking = ChunkingOptions(detect_speech=self.settings.vad)
+        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options, done, chunking)
         try:
             return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))
         except ModelUnavailable as exc:
@@ -456,9 +460,7 @@ class Worker:
             )
             log.warning("job %s: %s", job.job_id, note)
             await self.journal.set_note(job.job_id, note, cacheable=False)
-            fallback = TranscribeRequest(
-                job.job_id, str(path), self.settings.model, options, job.options, done
-            )
+            fallback = replace(request, model=self.settings.model)
             return await self._run_with_timeout(fallback, job_timeout(self.settings, job.duration_s))
 
     async def _run_with_timeout(self, request: TranscribeRequest, limit_s: float) -> Result:

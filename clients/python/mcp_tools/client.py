@@ -509,12 +509,15 @@ class TranscriptionClient:
         """`GET /models`: the model names the service knows, which load offline, which are loaded."""
         return self._get_json("/models")
 
-    def download(self, job_id: str, fmt: str = "txt") -> str:
-        """`GET /download/<id>?format=`: the transcript as text in one of `FORMATS`."""
+    def download(self, job_id: str, fmt: str = "txt", partial: bool = False) -> str:
+        """`GET /download/<id>?format=`: the transcript as text in one of `FORMATS`.
+
+        `partial`: an unfinished job's transcript so far (what its finished chunks hold)."""
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         path = f"/download/{quote(job_id, safe='')}"
-        response = self._request("GET", path, params={"format": fmt})
+        params = {"format": fmt, **({"partial": "true"} if partial else {})}
+        response = self._request("GET", path, params=params)
         if response.status_code == 200:
             return response.content.decode("utf-8")
         error = _service_error(response)

@@ -93,6 +93,13 @@ CheckFormatArg = Annotated[
     Field(description="'txt', 'srt', 'vtt' or 'json'; omit to save the format transcribe_wav was given."),
 ]
 JobIdArg = Annotated[str, Field(description="The job_id that transcribe_wav returned.")]
+PartialArg = Annotated[
+    bool,
+    Field(
+        description="true: while the job is unfinished, also return `transcript_so_far`, the text of "
+        "the part of a long recording transcribed so far (and `transcribed_s`, how far it reaches)."
+    ),
+]
 WaitArg = Annotated[
     float,
     Field(
@@ -210,12 +217,13 @@ def build_server() -> MCPServer:
         transcription_service_url: UrlArg = None,
         wait_seconds: WaitArg = 0,
         format: CheckFormatArg = None,
+        partial: PartialArg = False,
         ctx: Context | None = None,
     ) -> CallToolResult:
         report = _progress_sender(ctx)
         return await _in_thread(
             lambda: tools.check_transcription_status(
-                job_id, output_dir, transcription_service_url, wait_seconds, format, report
+                job_id, output_dir, transcription_service_url, wait_seconds, format, report, partial
             ),
             "check_transcription_status",
         )

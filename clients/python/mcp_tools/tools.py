@@ -233,6 +233,7 @@ def check_transcription_status(
     wait_seconds: float = 0,
     format: str | None = None,
     on_progress: ProgressReport | None = None,
+    partial: bool = False,
 ) -> Result:
     """Check a transcription job; once it is completed, save the transcript and return its text.
 
@@ -249,6 +250,10 @@ def check_transcription_status(
     - `failed`: `success` is false, `error` holds the service's reason, and the status file is
       rewritten as `FAILED - <error>`. Calling transcribe_wav on the same file again retries it.
     - `cancelled`: `success` is false; calling transcribe_wav on the same file runs it again.
+
+    Long recordings are transcribed piece by piece: while one runs, `transcribed_s` says how far
+    into the recording the transcript reaches, and `partial=true` also returns that text as
+    `transcript_so_far` (nothing is saved to a file until the job completes).
     """
     url = service_url(transcription_service_url)
     job_id = (job_id or "").strip()
@@ -291,6 +296,9 @@ def check_transcription_status(
                 return _completed(job_id, url, transcript_file, transcript, status)
             if state not in FINISHED:
                 estimate = _estimate(client, job_id, status)
+                if partial:
+                    with contextlib.suppress(TranscriptionError):  # a service without partial results
+                        estimate["transcript_so_far"] = client.download(job_id, "txt", partial=True).strip()
     except TranscriptionError as exc:
         return _failure(str(exc), service_url=url, job_id=job_id)
     except OSError as exc:
@@ -336,6 +344,8 @@ def check_transcription_status(
     }
     if status.get("queue_position") is not None:
         result["queue_position"] = status["queue_position"]
+    if status.get("transcribed_s") is not None:
+        result["transcribed_s"] = status["transcribed_s"]
     result.update(estimate)
     detail = status.get("message") or state
     result["message"] = (
