@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from bench import long_audio
 
 FRAME_S = FRAME_SAMPLES / 16_000
-LEAD_IN_S = 0.5
 
 
 # -- the planner, on made-up probabilities ---------------------------------------------------
@@ -199,13 +198,13 @@ def test_chunked_transcript_is_accurate_resumable_and_in_recording_time(
     assert result.duration_s == pytest.approx(recording.duration_s, abs=0.01)
     # The long non-speech stretch was never decoded.
     assert whole.decoded_s < recording.speech_s + 0.2 * recording.duration_s
-    # Every clip's first words start where the clip does, after pauses of any length (clips
-    # carry a little lead-in silence of their own: up to LEAD_IN_S).
+    # Every clip's first words start a segment where they are, after pauses of any length (the
+    # benchmark reports how close; Whisper's own timestamps are good to a few tenths of a second).
     starts = [s.start for s in result.segments]
     for clip in recording.clips:
         if clip.end_s - clip.start_s >= 2.0:
-            nearest = min(starts, key=lambda t: abs(t - clip.start_s))
-            assert abs(nearest - clip.start_s) < 0.5 + LEAD_IN_S, (clip.name, clip.start_s, nearest)
+            nearest = min(starts, key=lambda t: abs(t - clip.speech_start_s))
+            assert abs(nearest - clip.speech_start_s) < 0.75, (clip.name, clip.speech_start_s, nearest)
     assert all(seg.end <= result.duration_s + 1e-6 for seg in result.segments)
     # Checkpoints are in order and do not overlap.
     assert [c["start"] for c in kept] == sorted(c["start"] for c in kept)

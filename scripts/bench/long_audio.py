@@ -42,6 +42,22 @@ class Placed:
     start_s: float
     end_s: float
     reference: str
+    lead_in_s: float = 0.0  # the clip's own silence before its first word
+
+    @property
+    def speech_start_s(self) -> float:
+        """Where the clip's first word starts in the recording."""
+        return self.start_s + self.lead_in_s
+
+
+def lead_in(pcm: np.ndarray) -> float:
+    """Seconds before the clip's first speech, as Silero VAD hears it (first frame >= 0.5)."""
+    from service.inference.vad import FRAME_SAMPLES, SpeechDetector
+
+    detector = SpeechDetector()
+    probs = np.concatenate((detector.feed(pcm), detector.flush()))
+    speech = np.flatnonzero(probs >= 0.5)
+    return float(speech[0]) * FRAME_SAMPLES / RATE if speech.size else 0.0
 
 
 @dataclass
@@ -145,7 +161,8 @@ def build(
                 if position >= seconds:
                     break
                 pcm, reference = clips[name]
-                recording.clips.append(Placed(name, position, position + pcm.size / RATE, reference))
+                end = position + pcm.size / RATE
+                recording.clips.append(Placed(name, position, end, reference, lead_in(pcm)))
                 yield pcm
                 position += pcm.size / RATE
                 since_gap += pcm.size / RATE
