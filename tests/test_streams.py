@@ -28,8 +28,8 @@ from service.api.streams import STREAMS
 from service.app import create_app
 from service.engines.base import DecodeOptions
 from service.inference import audio
-from service.inference.models import ModelManager
 from service.inference.chunking import ChunkingOptions
+from service.inference.models import ModelManager
 from service.inference.pipeline import TranscribeRequest, execute
 from service.jobs.job import JobOptions
 from service.settings import Settings
