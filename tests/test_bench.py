@@ -86,7 +86,7 @@ def test_every_section_is_registered_and_titled() -> None:
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     assert cli.ALL_SECTIONS == list(sections.SECTIONS) == list(report.TITLES)
-    assert "scale" in cli.ALL_SECTIONS
+    assert "scale" in cli.ALL_SECTIONS and "long" in cli.ALL_SECTIONS
     args = cli.parse_args(["--quick", "--only", "scale"])
     assert args.only == ["scale"] and args.scale_jobs == 8
 

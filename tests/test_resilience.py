@@ -135,6 +135,7 @@ def test_poison_job_fails_after_the_attempt_limit_and_others_complete(server_fac
         time.sleep(0.05)
     assert status["status"] == "failed", status
     assert "crashed on this job 2 times" in status["error"], status
+    assert "crashed decoding the recording's first chunk" in status["error"], status
     assert kills == 2
     innocent = wait_for_status(server.url, "innocent", FINISHED, timeout=300)
     assert innocent["status"] == "completed" and innocent["attempts"] == 1, innocent

@@ -379,12 +379,12 @@ class Worker:
                 await self.journal.release(job.job_id)
                 log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
                 return
-            reached = self._reached.get(job.job_id)
-            if reached is None:
-                reached = max(
-                    (float(c["end"]) for c in await self.journal.checkpoints(job.job_id)), default=0.0
-                )
-            where = f" It last crashed decoding the chunk after {clock(reached)} of the recording."
+            reached = max((float(c["end"]) for c in await self.journal.checkpoints(job.job_id)), default=0.0)
+            where = (
+                f" It last crashed decoding the chunk after {clock(reached)} of the recording."
+                if reached > 0
+                else " It last crashed decoding the recording's first chunk."
+            )
             failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts, where)
             log.error(
                 "job %s: %s; %s",
