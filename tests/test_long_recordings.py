@@ -216,7 +216,10 @@ def test_chunked_transcript_is_accurate_resumable_and_in_recording_time(
         again = execute(manager, _request(recording.path, half), lambda: False, lambda _: None)
     assert again.text == result.text
     rest = sum(c["end"] - c["start"] for c in kept[len(kept) // 2 :])
-    assert resumed.decoded_s == pytest.approx(rest, abs=0.01)
+    before = sum(c["end"] - c["start"] for c in half)
+    # Every chunk after the checkpoints, none before them (chunks whose text stopped early
+    # have their end decoded a second time, in both runs).
+    assert rest - 0.01 <= resumed.decoded_s <= whole.decoded_s - before + 0.01
 
 
 @pytest.mark.slow

@@ -24,10 +24,12 @@ varied pauses, and every few minutes 40-90 s of silence or noise):
 7. the 30 min chunked transcript's WER against the same clips transcribed one by one.
 
 Runtime on 2 cores (faster-whisper tiny.en ~25x real time, openai-whisper ~12x on a whole file,
-slower chunked: one 30 s window per chunk): about 30 min at full size on a quiet machine. The 3 h
-memory run is the one long part (about 8 min, nearly all of it the job); the 30 min in-process
-runs take about 14 min for both engines and paths, the 60 min kill/resume runs about 6 min.
---quick takes about 6 min on a quiet machine (11 min measured next to a running test suite).
+about as fast chunked: one 30 s window per chunk): about 30 min at full size on a quiet machine.
+The 3 h memory run is the one long part (about 8 min, nearly all of it the job); the 30 min
+in-process runs take about 12 min for both engines and paths, the 60 min kill/resume runs about
+6 min. The whole-file baselines on non-speech can take minutes with openai-whisper (it loops on
+noise and chords through its temperature fallbacks): that is part of what is measured.
+--quick: 11 and 23 min measured next to a running test suite (openai-whisper 5x slower there).
 Each long recording is decoded once per path (no repetitions), so the times are single runs.
 """
 

@@ -30,6 +30,9 @@ STOP = "stop"  # the run is no longer wanted (cancelled, taken over) or could no
 Checkpoint = Callable[[dict[str, Any]], str]
 # Audio is read from disk in blocks of this many seconds.
 READ_BLOCK_SECONDS = 10.0
+# A chunk whose text ends this long before its audio does gets its end decoded again: chunks end
+# half a second after the last speech, so this much means speech was left out.
+TAIL_RETRY_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,35 @@ class _Run:
         self.emit(live)
 
 
+def _untranscribed_tail(
+    manager: ModelManager,
+    model: Any,
+    run: _Run,
+    options: DecodeOptions,
+    pcm: Any,
+    result: Result,
+    offset: float,
+    end_s: float,
+) -> list[Segment]:
+    """Whisper sometimes ends a window early and drops the chunk's last utterance (it predicts
+    the end of text before the speech ends). The detector says the chunk holds speech up to its
+    end, so when the text stops well before that, the rest is decoded once more on its own."""
+    span = pcm.size / audio.SAMPLE_RATE
+    last = max((s.end for s in result.segments if s.text.strip()), default=None)
+    if last is None or span - last < TAIL_RETRY_SECONDS:
+        return []
+    cut = max(0.0, last - 0.1)  # a hair before, so the next word's onset is not clipped
+    tail_offset = offset + cut
+
+    def on_segment(segment: Segment) -> None:
+        run.send(segment.shifted(tail_offset, end_s))
+
+    tail = manager.engine.transcribe(
+        model, pcm[round(cut * audio.SAMPLE_RATE) :], options, lambda _: None, on_segment, run.should_stop
+    )
+    return [s.shifted(tail_offset, end_s) for s in tail.segments if s.text.strip()]
+
+
 def _transcribe_stream(
     manager: ModelManager, model: Any, run: _Run, options: DecodeOptions, channel: int | None
 ) -> Result:
@@ -136,6 +168,7 @@ def _transcribe_stream(
         if run.language is None and result.language:
             run.language = result.language  # detected on the first speech: kept for the rest
         found = [s.shifted(offset, end_s) for s in result.segments if s.text.strip()]
+        found += _untranscribed_tail(manager, model, run, options, pcm, result, offset, end_s)
         segments.extend(found)
         covered = (index * duration + end_s) / run.channels if duration > 0 else end_s
         verdict = GO_ON
