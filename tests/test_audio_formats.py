@@ -110,6 +110,11 @@ def test_decode_channels_keeps_each_channel(
     assert np.abs(channels[1]).max() < 1e-3
     mono = audio.decode(path)
     assert np.abs(mono[:n] - channels[:, :n].mean(axis=0)).max() < 1e-3
+    # The streamed decoder picks the same channels, block by block.
+    for index in (0, 1):
+        streamed = np.concatenate(list(audio.AudioStream(path, block_s=1.5, channel=index)))
+        assert np.array_equal(streamed, channels[index])
+    assert audio.AudioStream(path).channels == 2
 
 
 def test_decode_channels_of_a_mono_file(source_pcm: np.ndarray) -> None:
