@@ -9,6 +9,7 @@ Memory stays at about a chunk of audio plus the transcript, however long the rec
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,9 +31,12 @@ STOP = "stop"  # the run is no longer wanted (cancelled, taken over) or could no
 Checkpoint = Callable[[dict[str, Any]], str]
 # Audio is read from disk in blocks of this many seconds.
 READ_BLOCK_SECONDS = 10.0
-# A chunk whose text ends this long before its audio does gets its end decoded again: chunks end
-# half a second after the last speech, so this much means speech was left out.
+# Chunks start and end half a second from speech and hold no pause longer than the chunker's
+# max_gap_s: text that starts or ends this much later or earlier, or leaves a hole this much
+# longer, left speech out, and that stretch is decoded again.
+HEAD_RETRY_SECONDS = 1.5
 TAIL_RETRY_SECONDS = 1.5
+GAP_RETRY_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class _Run:
         self.emit(live)
 
 
-def _untranscribed_tail(
+def _untranscribed_stretches(
     manager: ModelManager,
     model: Any,
     run: _Run,
@@ -116,23 +120,35 @@ def _untranscribed_tail(
     offset: float,
     end_s: float,
 ) -> list[Segment]:
-    """Whisper sometimes ends a window early and drops the chunk's last utterance (it predicts
-    the end of text before the speech ends). The detector says the chunk holds speech up to its
-    end, so when the text stops well before that, the rest is decoded once more on its own."""
+    """Whisper sometimes skips an utterance: it ends a window early, or jumps its timestamps
+    past a short sentence. A chunk holds no pause longer than the chunker's `max_gap_s` and
+    ends half a second after speech, so text that stops early, or leaves a longer hole between
+    two segments, left speech out: each such stretch is decoded once more on its own."""
     span = pcm.size / audio.SAMPLE_RATE
-    last = max((s.end for s in result.segments if s.text.strip()), default=None)
-    if last is None or span - last < TAIL_RETRY_SECONDS:
+    spoken = sorted((s.start, s.end) for s in result.segments if s.text.strip())
+    if not spoken:
         return []
-    cut = max(0.0, last - 0.1)  # a hair before, so the next word's onset is not clipped
-    tail_offset = offset + cut
+    holes = []
+    if spoken[0][0] >= HEAD_RETRY_SECONDS:
+        holes.append((0.0, spoken[0][0]))
+    for (_, end), (start, _) in itertools.pairwise(spoken):
+        if start - end >= run.request.chunking.max_gap_s + GAP_RETRY_MARGIN_SECONDS:
+            holes.append((end, start))
+    if span - spoken[-1][1] >= TAIL_RETRY_SECONDS:
+        holes.append((spoken[-1][1], span))
+    found: list[Segment] = []
+    for hole_start, hole_end in holes:
+        cut = max(0.0, hole_start - 0.1)  # a hair either side, so no word edge is clipped
+        stop = min(span, hole_end + 0.1)
+        hole_offset = offset + cut
 
-    def on_segment(segment: Segment) -> None:
-        run.send(segment.shifted(tail_offset, end_s))
+        def on_segment(segment: Segment, hole_offset: float = hole_offset) -> None:
+            run.send(segment.shifted(hole_offset, end_s))
 
-    tail = manager.engine.transcribe(
-        model, pcm[round(cut * audio.SAMPLE_RATE) :], options, lambda _: None, on_segment, run.should_stop
-    )
-    return [s.shifted(tail_offset, end_s) for s in tail.segments if s.text.strip()]
+        piece = pcm[round(cut * audio.SAMPLE_RATE) : round(stop * audio.SAMPLE_RATE)]
+        again = manager.engine.transcribe(model, piece, options, lambda _: None, on_segment, run.should_stop)
+        found += [s.shifted(hole_offset, end_s) for s in again.segments if s.text.strip()]
+    return found
 
 
 def _transcribe_stream(
@@ -168,7 +184,8 @@ def _transcribe_stream(
         if run.language is None and result.language:
             run.language = result.language  # detected on the first speech: kept for the rest
         found = [s.shifted(offset, end_s) for s in result.segments if s.text.strip()]
-        found += _untranscribed_tail(manager, model, run, options, pcm, result, offset, end_s)
+        found += _untranscribed_stretches(manager, model, run, options, pcm, result, offset, end_s)
+        found.sort(key=lambda s: s.start)
         segments.extend(found)
         covered = (index * duration + end_s) / run.channels if duration > 0 else end_s
         verdict = GO_ON
