@@ -274,9 +274,11 @@ def _operations() -> tuple[Operation, ...]:
                     content=_download_content(),
                     headers={
                         "Content-Disposition": Header('`inline; filename="<job_id>.<format>"`'),
-                        "X-Transcript-Partial": Header("`true` when the job has not finished."),
+                        "X-Transcript-Partial": Header(
+                            "`true` when the job has not finished (partial=true only).", required=False
+                        ),
                         "X-Transcribed-Seconds": Header(
-                            "Partial transcripts: how far into the recording they reach."
+                            "Partial transcripts: how far into the recording they reach.", required=False
                         ),
                     },
                 ),
