@@ -126,8 +126,8 @@ def _untranscribed_stretches(
     two segments, left speech out: each such stretch is decoded once more on its own."""
     span = pcm.size / audio.SAMPLE_RATE
     spoken = sorted((s.start, s.end) for s in result.segments if s.text.strip())
-    if not spoken:
-        return []
+    if not spoken or not run.request.chunking.detect_speech:
+        return []  # without the detector, a chunk's quiet stretches may well be silence
     holes = []
     if spoken[0][0] >= HEAD_RETRY_SECONDS:
         holes.append((0.0, spoken[0][0]))
