@@ -86,6 +86,10 @@ def child_main(conn: Connection, settings: Settings, models_dir: str) -> None:
 
     engine = create_engine(settings, Path(models_dir))
     manager = ModelManager.for_settings(engine, settings)
+    if settings.vad:  # before any model: its few buffers never sit among a model's pages
+        from service.inference import vad
+
+        vad.load()
     stop_flags: dict[str, threading.Event] = {}
     # Chunks sent to the parent to keep, by token: the decode waits for the verdict.
     verdicts: dict[int, list[Any]] = {}

@@ -34,7 +34,7 @@ def _session() -> Any:
 
 
 def load() -> None:
-    """Load the detector now (a few milliseconds), so the first job does not pay for it."""
+    """Load the detector now (milliseconds), at start-up: the first job does not wait for it."""
     _session()
 
 
