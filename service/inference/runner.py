@@ -99,9 +99,6 @@ class ThreadRunner:
         return True
 
     async def start(self) -> None:
-        from service.inference import vad
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, vad.load)
         await self.load(self.manager.default)
         self._evicting.spawn(self._evict_idle_models())
 
