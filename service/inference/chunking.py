@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.inference.audio import SAMPLE_RATE, AudioStream
-from service.inference.vad import FRAME_SAMPLES, SpeechDetector
+from service.inference.vad import FRAME_SAMPLES, Loudness, SpeechDetector
 
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 
@@ -182,35 +182,10 @@ class ChunkPlanner:
         return max(0, frame * FRAME_SAMPLES - self._pad)
 
 
-class _Loudness:
-    """Stands in for the detector when speech detection is off: every frame is speech, and
-    quieter frames score lower, so forced cuts land where the recording is quietest."""
-
-    def __init__(self) -> None:
-        self._carry = np.zeros(0, dtype=np.float32)
-
-    def feed(self, block: np.ndarray) -> np.ndarray:
-        samples = np.concatenate((self._carry, block)) if self._carry.size else block
-        whole = samples.size - samples.size % FRAME_SAMPLES
-        self._carry = samples[whole:].copy()
-        return self._score(samples[:whole])
-
-    def flush(self) -> np.ndarray:
-        tail, self._carry = self._carry, np.zeros(0, dtype=np.float32)
-        return self._score(np.pad(tail, (0, FRAME_SAMPLES - tail.size))) if tail.size else tail
-
-    @staticmethod
-    def _score(samples: np.ndarray) -> np.ndarray:
-        if not samples.size:
-            return np.zeros(0, dtype=np.float32)
-        rms = np.sqrt(np.mean(samples.reshape(-1, FRAME_SAMPLES) ** 2, axis=1))
-        return (0.9 + 0.1 * np.minimum(rms / 0.1, 1.0)).astype(np.float32)
-
-
 def speech_chunks(stream: AudioStream, options: ChunkingOptions | None = None) -> Iterator[Chunk]:
     """The recording's speech chunks, in order, read from `stream` in bounded memory."""
     planner = ChunkPlanner(options)
-    detector = SpeechDetector() if planner.options.detect_speech else _Loudness()
+    detector = SpeechDetector() if planner.options.detect_speech else Loudness()
     held = np.zeros(0, dtype=np.float32)
     held_from = 0  # the recording's sample at held[0]
 

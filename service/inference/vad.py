@@ -38,18 +38,15 @@ def load() -> None:
     _session()
 
 
-class SpeechDetector:
-    """Speech probability per 32 ms frame of a 16 kHz mono stream, fed in blocks of any size."""
+class FrameScorer:
+    """A score per 32 ms frame of a 16 kHz mono stream, fed in blocks of any size: samples
+    short of a whole frame wait for the next block."""
 
     def __init__(self) -> None:
-        self._session = _session()
-        self._h = np.zeros((1, 1, 128), dtype=np.float32)
-        self._c = np.zeros((1, 1, 128), dtype=np.float32)
-        self._context = np.zeros(_CONTEXT_SAMPLES, dtype=np.float32)
-        self._carry = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
+        self._carry = np.zeros(0, dtype=np.float32)
 
     def feed(self, block: np.ndarray) -> np.ndarray:
-        """Probabilities for every whole frame completed by `block` (float32, 16 kHz)."""
+        """Scores for every whole frame completed by `block` (float32, 16 kHz)."""
         samples = np.concatenate((self._carry, block)) if self._carry.size else block
         whole = samples.size - samples.size % FRAME_SAMPLES
         self._carry = samples[whole:].copy()
@@ -67,6 +64,21 @@ class SpeechDetector:
         return self._score(frame)
 
     def _score(self, samples: np.ndarray) -> np.ndarray:
+        """Whole frames in, one score each out."""
+        raise NotImplementedError
+
+
+class SpeechDetector(FrameScorer):
+    """Speech probability per frame, from Silero VAD."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session = _session()
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_CONTEXT_SAMPLES, dtype=np.float32)
+
+    def _score(self, samples: np.ndarray) -> np.ndarray:
         frames = samples.reshape(-1, FRAME_SAMPLES)
         # Each frame is scored with the last 64 samples before it.
         context = np.empty((frames.shape[0], _CONTEXT_SAMPLES), dtype=np.float32)
@@ -81,3 +93,12 @@ class SpeechDetector:
             )
             out.append(np.asarray(probs, dtype=np.float32).reshape(-1))
         return np.concatenate(out)
+
+
+class Loudness(FrameScorer):
+    """Stands in for the detector when speech detection is off: every frame scores as speech,
+    and quieter frames score lower, so forced cuts land where the recording is quietest."""
+
+    def _score(self, samples: np.ndarray) -> np.ndarray:
+        rms = np.sqrt(np.mean(samples.reshape(-1, FRAME_SAMPLES) ** 2, axis=1))
+        return (0.9 + 0.1 * np.minimum(rms / 0.1, 1.0)).astype(np.float32)
