@@ -22,7 +22,7 @@ from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
 from service.inference import audio
 from service.inference.chunking import ChunkingOptions, speech_chunks
 from service.inference.models import ModelManager
-from service.jobs.job import JobOptions
+from service.jobs.job import JobOptions, checkpoints_reach
 
 # What the checkpoint sink answers after keeping a chunk.
 GO_ON = "go"  # decode the next chunk
@@ -158,7 +158,7 @@ def _transcribe_stream(
     request = run.request
     index = channel or 0
     done = [c for c in request.done if int(c.get("channel", 0)) == index]
-    resume = max((float(c["end"]) for c in done), default=0.0)
+    resume = checkpoints_reach(done)
     segments = [Segment.from_dict(s) for c in done for s in c.get("segments", ())]
     stream = audio.AudioStream(Path(request.audio_path), READ_BLOCK_SECONDS, channel)
     duration = stream.declared_s or 0.0

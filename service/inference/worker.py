@@ -24,7 +24,7 @@ from service.inference.pipeline import GO_ON, STEP_ASIDE, STOP, TranscribeReques
 from service.inference.runner import Runner, WorkerCrashed
 from service.jobs import events as ev
 from service.jobs.events import JobEvents
-from service.jobs.job import Job, JobStatus
+from service.jobs.job import Job, JobStatus, checkpoints_reach
 from service.jobs.view import clock
 from service.jobs.watch import JobWatch
 from service.settings import Settings
@@ -379,7 +379,7 @@ class Worker:
                 await self.journal.release(job.job_id)
                 log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
                 return
-            reached = max((float(c["end"]) for c in await self.journal.checkpoints(job.job_id)), default=0.0)
+            reached = checkpoints_reach(await self.journal.checkpoints(job.job_id))
             where = (
                 f" It last crashed decoding the chunk after {clock(reached)} of the recording."
                 if reached > 0
@@ -444,7 +444,7 @@ class Worker:
             log.info(
                 "job %s: resuming after %s (%d chunks kept from earlier runs)",
                 job.job_id,
-                clock(max(float(c["end"]) for c in done)),
+                clock(checkpoints_reach(done)),
                 len(done),
             )
         chunking = ChunkingOptions(detect_speech=self.settings.vad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -140,6 +141,11 @@ class Job:
     cache_key: str | None = None
     # How far into the recording the checkpointed transcript reaches (long jobs, while running).
     transcribed_s: float | None = None
+
+
+def checkpoints_reach(checkpoints: Iterable[dict[str, Any]]) -> float:
+    """How far into the recording a job's checkpoints reach, in seconds (0 with none)."""
+    return max((float(c["end"]) for c in checkpoints), default=0.0)
 
 
 def iso_time(timestamp: float | None) -> str | None:

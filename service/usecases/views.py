@@ -15,7 +15,7 @@ import aiofiles
 
 from service.errors import BadRequest, JobNotFound, TranscriptNotReady
 from service.jobs import formats
-from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus
+from service.jobs.job import JOB_ID_PATTERN, Job, JobStatus, checkpoints_reach
 from service.jobs.view import job_view
 from service.jobs.watch import JobWatch
 from service.store.base import JobStore
@@ -110,7 +110,7 @@ class JobViews:
         segments.sort(key=lambda s: (float(s["start"]), s.get("speaker") or ""))
         for index, segment in enumerate(segments):
             segment["id"] = index
-        reached = max((float(c["end"]) for c in checkpoints), default=0.0)
+        reached = checkpoints_reach(checkpoints)
         result = {
             "text": " ".join(str(s["text"]).strip() for s in segments).strip(),
             "language": next((c["language"] for c in checkpoints if c.get("language")), job.language),
