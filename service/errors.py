@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ServiceError(Exception):
     """An error whose message a client can act on."""
@@ -32,6 +34,30 @@ class UploadTooLarge(ServiceError):
     status = 413
 
 
+class UploadStalled(ServiceError):
+    """The client stopped sending the body for --upload-timeout; what it sent was dropped."""
+
+    status = 408
+
+
+class UnsupportedEncoding(ServiceError):
+    """A compressed request body: it could inflate far past the size checked before reading."""
+
+    status = 415
+
+
+class MisdirectedRequest(ServiceError):
+    """The Host header names a server this is not (a DNS-rebinding page, a wrong proxy rule)."""
+
+    status = 421
+
+
+class CrossSiteRequest(ServiceError):
+    """A state-changing request sent by a page of another origin."""
+
+    status = 403
+
+
 class Unauthorized(ServiceError):
     """No or the wrong API token."""
 
@@ -48,6 +74,12 @@ class InsufficientStorage(ServiceError):
     """The storage is below --min-free-mb: an upload could fill the disk the journal needs."""
 
     status = 507
+
+
+class StorageFull(InsufficientStorage):
+    """A write failed for want of space (ENOSPC, a full SQLite database); nothing was kept.
+
+    It clears by itself once space is freed: uploads get 507, the worker waits and retries."""
 
 
 class JobNotFound(ServiceError):
@@ -84,5 +116,30 @@ class ServiceUnavailable(ServiceError):
     status = 503
 
 
+class TooManyUploads(ServiceUnavailable):
+    """--max-uploads bodies are being received already; refused before this one is read."""
+
+
 class StoreUnavailable(ServiceUnavailable):
-    """The shared job store (Redis) cannot be reached; nothing was changed."""
+    """The job store cannot be reached or refuses writes for now (Redis down or out of memory,
+    SQLite locked or failing I/O); nothing was changed."""
+
+
+# Faults of the storage itself, not of a request or a job: the worker waits them out and
+# retries, /health turns 503 while one lasts, and no job is failed because of one.
+STORAGE_FAULTS: tuple[type[ServiceError], ...] = (StoreUnavailable, StorageFull)
+
+# OSError numbers meaning "the disk cannot take this write now", as opposed to a bad path.
+_NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_fault(exc: OSError, what: str) -> ServiceError | None:
+    """The domain error for an OSError from writing `what`, if it is the storage's fault."""
+    if exc.errno in _NO_ROOM_ERRNOS:
+        return StorageFull(
+            f"The storage is full: {what} could not be written, and nothing was kept. "
+            "Free some space (or raise the volume's size); retry once there is room."
+        )
+    if exc.errno in (errno.EROFS, errno.EIO):
+        return StoreUnavailable(f"The storage refused to write {what} ({exc.strerror}); nothing was kept.")
+    return None

@@ -34,11 +34,13 @@ async def health(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         store_error = exc.message
     blocked = selfcheck.failing(BLOCKING)
+    storage_fault = worker.storage_fault
     ready = (
         worker.model_loaded
         and not worker.stopping
         and worker.fatal_error is None
         and not store_error
+        and not storage_fault
         and not blocked
     )
     body: dict[str, Any] = {
@@ -69,6 +71,8 @@ async def health(request: web.Request) -> web.Response:
         body["error"] = worker.fatal_error
     elif store_error is not None:
         body["error"] = store_error
+    elif storage_fault is not None:
+        body["error"] = f"storage: {storage_fault}"
     elif blocked and not worker.stopping:
         body["error"] = "; ".join(f"{name}: {result.detail}" for name, result in blocked.items())
     return web.json_response(body, status=200 if ready else 503)

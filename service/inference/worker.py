@@ -11,14 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from enum import StrEnum
+from typing import TypeVar
 
 from service import logs
 from service.atomic import write_json_atomic
 from service.backoff import Backoff
 from service.engines.base import DecodeOptions, JobInterrupted, Result
-from service.errors import ModelUnavailable, ServiceError, StoreUnavailable
+from service.errors import (
+    STORAGE_FAULTS,
+    ModelUnavailable,
+    ServiceError,
+    StoreUnavailable,
+    storage_fault,
+)
 from service.inference.chunking import ChunkingOptions
 from service.inference.pipeline import GO_ON, STEP_ASIDE, STOP, TranscribeRequest
 from service.inference.runner import Runner, WorkerCrashed
@@ -33,6 +41,8 @@ from service.store.files import Layout
 from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # While idle the worker sleeps on an event; the timeout is only a safety net for missed wakes.
 IDLE_POLL_SECONDS = 5.0
@@ -81,8 +91,12 @@ class ProgressWriter:
         self._writes = BackgroundTasks(log)  # held, or the loop may drop them mid-write
 
     def __call__(self, job_id: str, fraction: float) -> None:
-        self._writes.spawn(self.journal.set_progress(job_id, fraction))
+        self._writes.spawn(self._write(job_id, fraction))
         self.events.publish(job_id, ev.PROGRESS, {"progress": round(fraction, 4)})
+
+    async def _write(self, job_id: str, fraction: float) -> None:
+        with contextlib.suppress(*STORAGE_FAULTS):  # advisory: the next report tries again
+            await self.journal.set_progress(job_id, fraction)
 
     def segment(self, job_id: str, segment: dict[str, object]) -> None:
         """One decoded segment (id, start, end, text), for live streams only."""
@@ -116,6 +130,9 @@ class Worker:
         self._reached: dict[str, float] = {}  # each running job's last checkpoint, in audio seconds
         self._announcing = BackgroundTasks(log)
         self.fatal_error: str | None = None
+        # Why the storage takes no writes (disk full, journal locked, Redis refusing), while it
+        # lasts: /health is 503 and jobs wait; it clears by itself once a write lands again.
+        self.storage_fault: str | None = None
         self.fatal = asyncio.Event()
         self.started = False
         self.ready = asyncio.Event()  # set once the default model is loaded: start-up is over
@@ -220,13 +237,19 @@ class Worker:
             return STOP
         job = self._running.get(job_id)
         kept = dict(chunk, attempt=job.attempts) if job is not None else dict(chunk)
-        if not await self.journal.save_checkpoint(job_id, kept):
-            return STOP
-        self._reached[job_id] = float(chunk["end"])  # type: ignore[arg-type]
-        busy = len(self.active_jobs) >= self.settings.workers
-        if job is not None and busy and not self._stopped.is_set() and await self.journal.outranked(job):
-            self._stepping_aside.add(job_id)
-            return STEP_ASIDE
+        try:
+            if not await self.journal.save_checkpoint(job_id, kept):
+                return STOP
+            self._storage_ok()
+            self._reached[job_id] = float(chunk["end"])  # type: ignore[arg-type]
+            busy = len(self.active_jobs) >= self.settings.workers
+            if job is not None and busy and not self._stopped.is_set() and await self.journal.outranked(job):
+                self._stepping_aside.add(job_id)
+                return STEP_ASIDE
+        except STORAGE_FAULTS as exc:
+            # The decode goes on: a checkpoint only saves work after a crash. The outcome's
+            # writes wait for the storage instead.
+            self._storage_trouble(exc)
         return GO_ON
 
     # -- models ---------------------------------------------------------------------------
@@ -260,7 +283,12 @@ class Worker:
         log.info(
             "model %s ready; waiting for jobs (%d at a time)", self.settings.model, self.settings.workers
         )
-        await asyncio.gather(*(self._drain() for _ in range(self.settings.workers)))
+        try:
+            await asyncio.gather(*(self._drain() for _ in range(self.settings.workers)))
+        except Exception as exc:  # _drain retries everything; this is the last line of defence
+            self.fatal_error = f"the worker stopped: {type(exc).__name__}: {exc}"
+            log.exception("%s", self.fatal_error)
+            self.fatal.set()
 
     async def _drain(self) -> None:
         """One slot: claim the next job, run it, repeat. Claims are atomic in the journal."""
@@ -275,16 +303,75 @@ class Worker:
             try:
                 job = await self.journal.claim_next(await self._prefer(), MODEL_SWITCH_PATIENCE_SECONDS)
                 if job is not None:
+                    self._storage_ok()  # the claim wrote to the journal
                     await self._process(job)
+                elif self.storage_fault is not None:
+                    await self._probe_storage()
                 backoff.reset()
-            except StoreUnavailable:
-                # Logged by the store once per outage. A run whose outcome could not be
-                # written keeps no lease: another claim (here or elsewhere) runs it again.
+            except STORAGE_FAULTS as exc:
+                # Nothing is lost: a claim that could not be written claimed nothing, and a
+                # run whose outcome could not be written is run again (see _run_job).
+                self._storage_trouble(exc)
+                await self._sleep_unless_stopping(backoff.next())
+                continue
+            except Exception:
+                # No bug in one pass may end the slot: every queued job would wait forever.
+                log.exception("the worker loop failed; retrying")
                 await self._sleep_unless_stopping(backoff.next())
                 continue
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+
+    # -- storage faults -------------------------------------------------------------------
+    def _storage_trouble(self, exc: ServiceError) -> None:
+        if self.storage_fault is None:
+            log.error("the storage takes no writes: %s Jobs wait until it does.", exc.message)
+        self.storage_fault = exc.message
+
+    def _storage_ok(self) -> None:
+        if self.storage_fault is not None:
+            log.warning("the storage takes writes again; jobs go on")
+            self.storage_fault = None
+
+    async def _probe_storage(self) -> None:
+        """With nothing to claim, no journal write tells whether the fault has cleared: a
+        small file written at the storage's root does."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.layout.probe_writable)
+        except OSError:
+            await self._sleep_unless_stopping(STORE_BACKOFF_CAP_SECONDS)
+            return
+        self._storage_ok()
+
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """A write that keeps a job's outcome, retried through storage faults until it lands.
+
+        A full disk never fails an accepted job. Only when the service stops meanwhile is
+        the fault raised: the job is still `processing` in the journal, and start-up puts it
+        back in the queue.
+        """
+        backoff = Backoff(STORE_BACKOFF_SECONDS, STORE_BACKOFF_CAP_SECONDS)
+        while True:
+            try:
+                result = await write()
+            except STORAGE_FAULTS as exc:
+                self._storage_trouble(exc)
+                if self._stopped.is_set():
+                    raise
+                await self._sleep_unless_stopping(backoff.next())
+                continue
+            self._storage_ok()
+            return result
+
+    async def _write_transcript(self, job_id: str, result: Result) -> None:
+        transcript = self.layout.transcript_path(job_id)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_json_atomic, transcript, result.as_dict()
+            )
+        except OSError as exc:
+            raise storage_fault(exc, "the transcript") or exc from exc
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -329,77 +416,12 @@ class Worker:
         started = self._last_heard[job.job_id] = time.monotonic()
         log.info("job %s: started (attempt %d, model %s)", job.job_id, job.attempts, job.model)
         self.events.publish(job.job_id, ev.STATUS, {"status": "processing", "attempt": job.attempts})
-        loop = asyncio.get_running_loop()
         try:
-            result = await self._transcribe(job)
-            transcript = self.layout.transcript_path(job.job_id)
-            await loop.run_in_executor(None, write_json_atomic, transcript, result.as_dict())
-            if not await self.journal.complete(job.job_id, result.language, result.duration_s):
-                # Cancelled while its last window decoded: the result is not wanted. Or, with a
-                # shared store, taken over by another instance: its files are that run's now.
-                if await self._remove_files(job, transcript=True, status=JobStatus.CANCELLED):
-                    log.info("job %s: cancelled", job.job_id)
-                else:
-                    log.info("job %s: another instance runs it now; this run's result dropped", job.job_id)
-                return
-            if self.settings.delete_audio_on_complete:
-                await self._remove_files(job, transcript=False, status=JobStatus.COMPLETED)
-            elapsed = time.monotonic() - started
-            log.info(
-                "job %s: completed %.1f s of audio in %.1f s (%.2fx real time)",
-                job.job_id,
-                result.duration_s,
-                elapsed,
-                result.duration_s / elapsed if elapsed else 0.0,
-            )
-        except JobInterrupted:
-            if job.job_id in self._stepping_aside and job.job_id not in self._cancelled:
-                await self.journal.release(job.job_id)
-                log.info(
-                    "job %s: stepped aside after %s for a job of higher priority; its finished "
-                    "chunks are kept",
-                    job.job_id,
-                    clock(self._reached.get(job.job_id, 0.0)),
-                )
-                return
-            if job.job_id in self._lost:
-                log.info("job %s: stopped here; another instance runs it now", job.job_id)
-                return
-            if job.job_id in self._cancelled:
-                await self._remove_files(job, transcript=True, status=JobStatus.CANCELLED)
-                log.info("job %s: cancelled while processing; stopped", job.job_id)
-                return
-            await self.journal.release(job.job_id)
-            log.info("job %s: interrupted by shutdown; back in the queue", job.job_id)
-        except JobTimedOut as exc:
-            await self.journal.fail(job.job_id, str(exc))
-            log.warning("job %s: %s", job.job_id, exc)
-        except WorkerCrashed as exc:
-            if self._stopped.is_set():  # ended by the stop itself: not the job's fault
-                await self.journal.release(job.job_id)
-                log.info("job %s: stopped with the inference process; back in the queue", job.job_id)
-                return
-            reached = checkpoints_reach(await self.journal.checkpoints(job.job_id))
-            where = (
-                f" It last crashed decoding the chunk after {clock(reached)} of the recording."
-                if reached > 0
-                else " It last crashed decoding the recording's first chunk."
-            )
-            failed = await self.journal.requeue_crashed(job.job_id, self.settings.max_attempts, where)
-            log.error(
-                "job %s: %s; %s",
-                job.job_id,
-                exc,
-                "failed after too many crashes" if failed else "back in the queue",
-            )
-        except StoreUnavailable:
-            raise  # not the job's fault: its outcome is unknown, so it must run again
-        except ServiceError as exc:
-            await self.journal.fail(job.job_id, exc.message)
-            log.warning("job %s: failed: %s", job.job_id, exc.message)
-        except Exception as exc:
-            log.exception("job %s: failed", job.job_id)
-            await self.journal.fail(job.job_id, f"Transcription failed: {type(exc).__name__}: {exc}")
+            await self._run_and_record(job, started)
+        except STORAGE_FAULTS:
+            # Only while stopping (see _persist): the journal still says `processing`, and
+            # start-up requeues it. The checkpoints that did land save the decoding.
+            log.warning("job %s: its outcome could not be written before shutdown; it runs again", job.job_id)
         finally:
             self.active_jobs.remove(job.job_id)
             self._last_heard.pop(job.job_id, None)
@@ -411,6 +433,89 @@ class Worker:
             if not self.active_jobs:
                 self._idle.set()
             await self.job_ended(job.job_id)
+
+    async def _run_and_record(self, job: Job, started: float) -> None:
+        """Run the job and write its outcome; storage faults on the way are waited out."""
+        persist, job_id = self._persist, job.job_id
+        try:
+            result = await self._transcribe(job)
+            await persist(lambda: self._write_transcript(job_id, result))
+            if not await persist(lambda: self.journal.complete(job_id, result.language, result.duration_s)):
+                # Cancelled while its last window decoded: the result is not wanted. Or, with a
+                # shared store, taken over by another instance: its files are that run's now.
+                cancelled = JobStatus.CANCELLED
+                if await persist(lambda: self._remove_files(job, transcript=True, status=cancelled)):
+                    log.info("job %s: cancelled", job_id)
+                else:
+                    log.info("job %s: another instance runs it now; this run's result dropped", job_id)
+                return
+            if self.settings.delete_audio_on_complete:
+                await persist(lambda: self._remove_files(job, transcript=False, status=JobStatus.COMPLETED))
+            elapsed = time.monotonic() - started
+            log.info(
+                "job %s: completed %.1f s of audio in %.1f s (%.2fx real time)",
+                job_id,
+                result.duration_s,
+                elapsed,
+                result.duration_s / elapsed if elapsed else 0.0,
+            )
+        except JobInterrupted:
+            if job_id in self._stepping_aside and job_id not in self._cancelled:
+                await persist(lambda: self.journal.release(job_id))
+                log.info(
+                    "job %s: stepped aside after %s for a job of higher priority; its finished "
+                    "chunks are kept",
+                    job_id,
+                    clock(self._reached.get(job_id, 0.0)),
+                )
+                return
+            if job_id in self._lost:
+                log.info("job %s: stopped here; another instance runs it now", job_id)
+                return
+            if job_id in self._cancelled:
+                await persist(lambda: self._remove_files(job, transcript=True, status=JobStatus.CANCELLED))
+                log.info("job %s: cancelled while processing; stopped", job_id)
+                return
+            await persist(lambda: self.journal.release(job_id))
+            log.info("job %s: interrupted by shutdown; back in the queue", job_id)
+        except JobTimedOut as exc:
+            timed_out = str(exc)
+            await persist(lambda: self.journal.fail(job_id, timed_out))
+            log.warning("job %s: %s", job_id, timed_out)
+        except WorkerCrashed as exc:
+            if self._stopped.is_set():  # ended by the stop itself: not the job's fault
+                await persist(lambda: self.journal.release(job_id))
+                log.info("job %s: stopped with the inference process; back in the queue", job_id)
+                return
+            reached = checkpoints_reach(await persist(lambda: self.journal.checkpoints(job_id)))
+            where = (
+                f" It last crashed decoding the chunk after {clock(reached)} of the recording."
+                if reached > 0
+                else " It last crashed decoding the recording's first chunk."
+            )
+            failed = await persist(
+                lambda: self.journal.requeue_crashed(job_id, self.settings.max_attempts, where)
+            )
+            log.error(
+                "job %s: %s; %s",
+                job_id,
+                exc,
+                "failed after too many crashes" if failed else "back in the queue",
+            )
+        except STORAGE_FAULTS as exc:
+            # Not the job's fault (its checkpoints or note could not be read or written): it
+            # goes back to the queue, uncharged, and runs once the storage takes writes again.
+            self._storage_trouble(exc)
+            await persist(lambda: self.journal.release(job_id))
+            log.warning("job %s: back in the queue until the storage takes writes", job_id)
+        except ServiceError as exc:
+            reason = exc.message
+            await persist(lambda: self.journal.fail(job_id, reason))
+            log.warning("job %s: failed: %s", job_id, reason)
+        except Exception as exc:
+            log.exception("job %s: failed", job_id)
+            message = f"Transcription failed: {type(exc).__name__}: {exc}"
+            await persist(lambda: self.journal.fail(job_id, message))
 
     async def _remove_files(self, job: Job, transcript: bool, status: JobStatus) -> bool:
         """A cancelled job's audio and partial result, or a completed job's audio (by setting).

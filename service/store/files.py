@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from service.atomic import fsync_dir
-from service.errors import UploadTooLarge
+from service.errors import UploadTooLarge, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,22 @@ class _UploadWriter:
         return self._hash.hexdigest()
 
     def abort(self) -> None:
-        self._fp.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            self._fp.close()  # may fail flushing onto a full disk; the file goes either way
+        except OSError:
+            pass
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 async def receive_upload(chunks: AsyncIterator[bytes], tmp_dir: Path, max_bytes: int) -> ReceivedUpload:
     """Stream `chunks` to a file under `tmp_dir`; nothing is left behind if anything fails."""
     loop = asyncio.get_running_loop()
     path = tmp_dir / f"{uuid.uuid4().hex}.upload"
-    writer = await loop.run_in_executor(None, _UploadWriter, path)
+    try:
+        writer = await loop.run_in_executor(None, _UploadWriter, path)
+    except OSError as exc:
+        raise storage_fault(exc, "the upload") or exc from exc
     size = 0
     try:
         async for chunk in chunks:
@@ -225,6 +232,9 @@ async def receive_upload(chunks: AsyncIterator[bytes], tmp_dir: Path, max_bytes:
                 raise too_large(max_bytes)
             await loop.run_in_executor(None, writer.write, chunk)
         digest = await loop.run_in_executor(None, writer.finish)
+    except OSError as exc:  # the disk filled (or failed) mid-body: 507, nothing kept
+        await asyncio.shield(loop.run_in_executor(None, writer.abort))
+        raise storage_fault(exc, "the upload") or exc from exc
     except BaseException:
         await asyncio.shield(loop.run_in_executor(None, writer.abort))
         raise

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.backoff import Backoff
@@ -54,6 +54,17 @@ from service.tasks import BackgroundTasks
 log = logging.getLogger(__name__)
 
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Replies meaning Redis is up but refuses writes for now (a failing RDB save, maxmemory, a
+# replica, still loading): they clear by themselves, so they count as an outage, not a bug.
+_REFUSING = ("MISCONF", "OOM", "READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
+
+
+def _refusing(exc: ResponseError) -> bool:
+    """Also inside a script's error (`... script: ... OOM command not allowed ...`)."""
+    words = str(exc).replace(":", " ").split()
+    return any(word in _REFUSING for word in words)
+
+
 # Writes that end a run retry this long while Redis is away (a restart), then give up: the
 # lease then expires and the job runs again, so nothing is lost.
 END_WRITE_RETRY_SECONDS = 120.0
@@ -502,7 +513,12 @@ class RedisJobStore:
     async def _guard(self) -> AsyncIterator[None]:
         """Redis unreachable becomes StoreUnavailable (503), logged once per outage."""
         try:
-            yield
+            try:
+                yield
+            except ResponseError as exc:
+                if not _refusing(exc):
+                    raise
+                raise RedisConnectionError(f"Redis refuses writes: {exc}") from exc
         except _DOWN as exc:
             if self._down_since is None:
                 self._down_since = time.monotonic()

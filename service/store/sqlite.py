@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Collection
@@ -15,8 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.errors import ServiceError, StorageFull, StoreUnavailable
 from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task
 from service.store.base import JobExists
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -142,6 +146,36 @@ def _requeue_or_fail(
     return False
 
 
+# SQLite's primary result codes that describe the storage's state, not the statement: they
+# clear by themselves (space freed, a lock released, a disk remounted).
+_FULL = {sqlite3.SQLITE_FULL}
+_TRANSIENT = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_PROTOCOL,
+}
+
+
+def journal_fault(exc: sqlite3.OperationalError) -> ServiceError | None:
+    """The domain error for a journal call that failed because of the storage, if it did."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _FULL:
+        return StorageFull(
+            "The storage is full: the job journal cannot take writes, and nothing was changed. "
+            "Free some space; the service resumes by itself."
+        )
+    if code in _TRANSIENT:
+        return StoreUnavailable(
+            f"The job journal cannot take writes right now ({exc}); nothing was changed. "
+            "Try again in a few seconds."
+        )
+    return None
+
+
 class SqliteJobStore:
     """Async facade over the SQLite journal: the single-instance `JobStore`."""
 
@@ -152,6 +186,7 @@ class SqliteJobStore:
         self.priority_aging_s = priority_aging_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
+        self._fault: str | None = None  # the last storage error, until a call succeeds
 
     def describe(self) -> dict[str, Any]:
         """Nothing to add to /health: one instance, its own journal."""
@@ -172,8 +207,21 @@ class SqliteJobStore:
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
             raise RuntimeError("journal is closed")
-        with self._conn:  # one transaction per call
-            return fn(self._conn)
+        try:
+            with self._conn:  # one transaction per call, rolled back if it fails
+                result = fn(self._conn)
+        except sqlite3.OperationalError as exc:
+            fault = journal_fault(exc)
+            if fault is None:
+                raise  # a bug (a bad statement), not the storage's state
+            if self._fault is None:
+                log.error("the job journal refuses writes: %s", exc)
+            self._fault = str(exc)
+            raise fault from exc
+        if self._fault is not None:
+            log.warning("the job journal works again")
+            self._fault = None
+        return result
 
     def _connect(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
