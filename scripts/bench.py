@@ -2,7 +2,8 @@
 """Benchmark the service against the ways Whisper was run without it, on real speech.
 
     python scripts/bench.py [--quick]
-                            [--only cold,overhead,engines,burst,responsiveness,memory,journal,scale,long]
+                            [--only cold,overhead,engines,burst,responsiveness,memory,journal,scale,long,
+                                    batched]
                             [--json PATH] [--markdown PATH] [--threads N] [--repeat N] [--redis-url URL]
 
 Sections (scripts/bench/sections.py says exactly what each one times):
@@ -16,6 +17,8 @@ Sections (scripts/bench/sections.py says exactly what each one times):
   scale           jobs per minute with one and with two instances on one Redis queue (needs Redis)
   long            long recordings: memory vs length (10 min / 3 h), kill -9 and resume, chunked vs
                   whole-file decode (speed, WER, non-speech, start times), urgent wait; ~25 min alone
+  batched         --batch-size 1 vs 8 (speed, WER), memory batched (10 min / 3 h), diarization memory,
+                  time and DER at 1 / 10 / 60 min; ~35 min alone
 
 Every service process and in-process model gets the same thread count (--threads, also exported
 as OMP_NUM_THREADS) and beam size. A failing section is recorded in the JSON and the run goes on.
@@ -52,6 +55,7 @@ ALL_SECTIONS = [
     "journal",
     "scale",
     "long",
+    "batched",
 ]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

@@ -3,8 +3,9 @@
 # script, and tests/test_packaging.py runs the very same steps into a scratch venv.
 #
 #   docker-install.sh torch   create $VENV and install torch==$TORCH_VERSION (first, pinned)
-#   docker-install.sh deps    install pyproject.toml's [project] dependencies (needs only that file),
-#                             all but the light client, which comes from the source tree next
+#   docker-install.sh deps    install pyproject.toml's [project] dependencies at the versions in
+#                             constraints.txt (needs only those two files), all but the light
+#                             client, which comes from the source tree next
 #   docker-install.sh client  build the light client's wheel (clients/python) into
 #                             $VENV/share/whisper-transcription-client, where the service finds it
 #                             to hand out at GET /client/, and install that very wheel
@@ -14,7 +15,8 @@
 # Environment:
 #   VENV             where the virtual environment goes (default /opt/venv)
 #   PYTHON           interpreter that creates it (default python3)
-#   SRC              the source tree with pyproject.toml (default: this script's repository)
+#   SRC              the source tree with pyproject.toml and constraints.txt (default: this
+#                    script's repository)
 #   TORCH_VERSION    the torch release to pin (default 2.13.0)
 #   TORCH_INDEX_URL  wheel index for torch: https://download.pytorch.org/whl/cpu for the CPU
 #                    image; empty means pip's configured index (PyPI's Linux torch is the CUDA build)
@@ -27,6 +29,8 @@ SRC=${SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
 CLIENT_DIST=whisper-transcription-client
+# Every package's tested version (torch aside, which TORCH_VERSION pins): see constraints.txt.
+CONSTRAINTS=$SRC/constraints.txt
 
 pip_install() {
     "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet "$@"
@@ -41,6 +45,8 @@ step_torch() {
     if [ -n "$TORCH_INDEX_URL" ]; then
         index=(--index-url "$TORCH_INDEX_URL")
     fi
+    # Not constrained here: the CPU wheel index has torch's own dependencies, but not every
+    # version. The deps step moves them to the pinned versions.
     pip_install "${index[@]}" "torch==${TORCH_VERSION}"
     echo "docker-install: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 }
@@ -48,8 +54,9 @@ step_torch() {
 step_deps() {
     local requirements
     requirements=$(mktemp)
-    # The dependency list comes from pyproject.toml alone, so this layer is rebuilt only when
-    # that file changes, not on every source edit. torch stays at the version installed above.
+    # The dependency list comes from pyproject.toml and the versions from constraints.txt, so
+    # this layer is rebuilt only when those change, not on every source edit. torch stays at
+    # the version installed above.
     # The light client is left out: it is built from the source tree (step_client), and a bare
     # name must never be looked up on an index, where someone else's package could answer.
     "$VENV/bin/python" - "$SRC/pyproject.toml" "$CLIENT_DIST" >"$requirements" <<'PY'
@@ -67,12 +74,12 @@ def name(requirement: str) -> str:
 
 print("\n".join(r for r in project["dependencies"] if name(r) != sys.argv[2]))
 PY
-    local constraints
-    constraints=$(mktemp)
-    echo "torch==${TORCH_VERSION}" >"$constraints"
-    pip_install -r "$requirements" -c "$constraints"
+    local torch_pin
+    torch_pin=$(mktemp)
+    echo "torch==${TORCH_VERSION}" >"$torch_pin"
+    pip_install -r "$requirements" -c "$CONSTRAINTS" -c "$torch_pin"
     echo "docker-install: $(wc -l <"$requirements" | tr -d ' ') dependencies from pyproject.toml installed"
-    rm -f "$requirements" "$constraints"
+    rm -f "$requirements" "$torch_pin"
     # openai-whisper asks for triton on Linux x86-64, but triton only compiles GPU kernels
     # (whisper falls back without it): about 1 GB that a CPU build of torch never uses.
     if "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' &&
@@ -90,7 +97,7 @@ step_client() {
     rm -rf "$build/build" "$wheels"
     "$VENV/bin/python" -m pip wheel --disable-pip-version-check --quiet --no-deps --wheel-dir "$wheels" "$build"
     rm -rf "$build"
-    pip_install "$wheels"/*.whl
+    pip_install -c "$CONSTRAINTS" "$wheels"/*.whl
     echo "docker-install: client $(ls "$wheels") built and installed"
 }
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service.api import auth, clients, metrics, routes
+from service.api import auth, clients, guard, metrics, routes
 from service.api.keys import SERVICES
 from service.api.middleware import errors_middleware
 from service.engines import create_catalog, create_engine
@@ -143,7 +143,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         if store.shared:
             log.info("%s", store.location())
-        requeued, failed = await store.recover_interrupted(settings.max_attempts)
+        # With inference in its own process, a run cut short by the whole service dying was
+        # killed from outside (OOM killer, docker kill, power): not the job's fault, so not
+        # counted. In-process inference may itself have taken the service down: counted.
+        charge = settings.isolation == "thread"
+        requeued, failed = await store.recover_interrupted(settings.max_attempts, charge=charge)
         if requeued:
             log.warning("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
         if failed:
@@ -201,6 +205,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     middlewares: list[Middleware] = [
         metrics.rejections_middleware,
         errors_middleware,
+        guard.request_guard(settings),  # a foreign Host, a cross-site page, a compressed body
         clients.client_version_middleware,  # a client too old (or new) is told how to upgrade
     ]
     if settings.api_token is not None:

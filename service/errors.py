@@ -58,6 +58,10 @@ class CrossSiteRequest(ServiceError):
     status = 403
 
 
+class AudioTooLong(UploadTooLarge):
+    """The recording runs past --max-audio-seconds: at upload (its header), or while decoding."""
+
+
 class Unauthorized(ServiceError):
     """No or the wrong API token."""
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from service.api.auth import warn_if_open
 from service.api.keys import SERVICES
+from service.api.middleware import JsonErrorsRunner
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Settings, parse_settings
@@ -27,7 +28,7 @@ REQUEST_DRAIN_SECONDS = 5.0
 async def serve(settings: Settings) -> int:
     """Listen at once (so /health answers while the model loads); stop on a signal or a fatal error."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=REQUEST_DRAIN_SECONDS)
+    runner = JsonErrorsRunner(app, access_log=None, shutdown_timeout=REQUEST_DRAIN_SECONDS)
     try:
         await runner.setup()
     except StorageLocked as exc:

@@ -310,6 +310,61 @@ class Settings:
         ),
     ] = 500 * MIB
 
+    # Well past a day-long conference recording; a forged header claiming more is refused.
+    max_audio_seconds: Annotated[
+        float,
+        Field(ge=0),
+        Flag(
+            "longest recording accepted, in seconds of audio: checked at upload (413) and again "
+            "while decoding; 0 no limit"
+        ),
+    ] = 12 * 3600.0
+    max_uploads: Annotated[
+        int,
+        Field(ge=0),
+        Flag("uploads received at once; more get 503 with Retry-After; 0 no limit"),
+    ] = 32
+    # Slow links still send something every few seconds; a stalled client does not.
+    upload_timeout: Annotated[
+        float,
+        Field(gt=0),
+        Flag("seconds an upload may go without sending a byte before it is dropped (408)"),
+    ] = 60.0
+    webhook_allow_private: Annotated[
+        bool,
+        Flag(
+            "let callback_url reach loopback, private, link-local and reserved addresses "
+            "(refused by default, checked on the address connected to)"
+        ),
+    ] = False
+    allowed_hosts: Annotated[
+        tuple[str, ...],
+        BeforeValidator(_host_list),
+        Flag(
+            "comma-separated names the Host header may carry besides IP addresses, single-label "
+            "names, *.localhost, *.internal and this machine's name; * allows any",
+            default_text="IPs and local names",
+        ),
+    ] = ()
+    allowed_origins: Annotated[
+        tuple[str, ...],
+        BeforeValidator(_host_list),
+        Flag(
+            "comma-separated origins (https://app.example) whose pages may send state-changing "
+            "requests; other cross-site ones get 403; * allows any",
+            default_text="same origin",
+        ),
+    ] = ()
+    # 0: faster-whisper picks by device (see engines/faster_whisper.py); openai-whisper always 1.
+    batch_size: Annotated[
+        int,
+        Field(ge=0),
+        Flag(
+            "speech chunks of a job decoded together (faster-whisper); 1 decodes them one by one, "
+            "0 chooses by device"
+        ),
+    ] = 0
+
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:
         if self.workers > 1 and self.engine != "faster-whisper":

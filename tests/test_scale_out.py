@@ -175,7 +175,7 @@ def test_a_burst_is_spread_across_instances_and_each_job_completes_once(
 ) -> None:
     hook_url, received = webhook_receiver
     cluster = Cluster(tmp_path / "shared", SHARED_REDIS, prefix, server_factory)
-    servers = cluster.start(3, ["--no-transcript-cache"])
+    servers = cluster.start(3, ["--no-transcript-cache", "--webhook-allow-private"])
     deadline = time.monotonic() + 2 * LEASE_SECONDS
     while requests.get(f"{servers[0].url}/health", timeout=5).json()["instances"] != 3:
         assert time.monotonic() < deadline, "the instances never saw each other"

@@ -15,7 +15,7 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.jobs.job import JobStatus, NewJob, Task
-from service.store.base import JobExists, JobStore
+from service.store.base import JobExists, JobStore, QueueAtLimit
 from service.store.redis import RedisJobStore
 from service.store.sqlite import SqliteJobStore
 
@@ -353,3 +353,43 @@ async def test_unreachable_redis_is_a_clear_503() -> None:
 def test_logs_never_show_the_redis_password() -> None:
     store = RedisJobStore("redis://user:s3cret@redis.example:6380/2")
     assert "s3cret" not in store.safe_url and store.safe_url.endswith("@redis.example:6380/2")
+
+
+async def test_the_queue_limit_holds_under_concurrent_inserts(store: JobStore) -> None:
+    """Forty uploads at once against a limit of five: five queued, the rest refused, none
+    half-stored; the same id again is still answered as taken, not as a full queue."""
+    results = await asyncio.gather(
+        *(store.insert(new_job(f"j{i}"), max_queued=5) for i in range(40)), return_exceptions=True
+    )
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, QueueAtLimit)]
+    assert len(stored) == 5 and len(refused) == 35, results
+    assert all(r.queued == 5 for r in refused)
+    assert await store.count(JobStatus.QUEUED) == 5
+    assert len(await store.list_jobs()) == 5
+    with pytest.raises(JobExists):
+        await store.insert(new_job(stored[0].job_id), max_queued=5)
+    # A claimed job frees a place.
+    assert await store.claim_next() is not None
+    await store.insert(new_job("late"), max_queued=5)
+    with pytest.raises(QueueAtLimit):
+        await store.insert(new_job("later"), max_queued=5)
+
+
+async def test_recovery_without_charge_never_fails_a_job(store: JobStore) -> None:
+    """Whole-service kills while inference runs in its own process do not count against the
+    job: after more kills than the attempt limit it is still queued, its count unchanged."""
+    await store.insert(new_job("victim"))
+    if isinstance(store, RedisJobStore):
+        store.lease_s, store.max_attempts, store.charge_interrupted = 0.05, 2, False
+    for _ in range(5):
+        claimed = await store.claim_next()
+        assert claimed is not None and claimed.attempts == 1
+        if isinstance(store, RedisJobStore):
+            store._leases.clear()  # the instance "died" holding it
+            await asyncio.sleep(0.2)
+            assert await store.reclaim_expired() == (["victim"], [])
+        else:
+            assert await store.recover_interrupted(max_attempts=2, charge=False) == (["victim"], [])
+    job = await store.get("victim")
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -340,13 +341,21 @@ def test_split_channel_segments_stay_distinct(settings: Settings, tmp_path: Path
 # -- a real server, the real model --------------------------------------------------------------
 
 
-def _sse_lines(url: str, headers: dict[str, str], stop: Callable[[list[Message]], bool]) -> list[Message]:
-    """An SSE reader on requests, as a plain script would write one."""
+def _sse_lines(
+    url: str,
+    headers: dict[str, str],
+    stop: Callable[[list[Message]], bool],
+    opened: threading.Event | None = None,
+) -> list[Message]:
+    """An SSE reader on requests, as a plain script would write one; sets `opened` once the
+    stream is open."""
     out: list[Message] = []
     fields: dict[str, str] = {}
     with requests.get(url, headers=headers, stream=True, timeout=(5, 60)) as resp:
         assert resp.status_code == 200, resp.text
         assert resp.headers["Content-Type"].startswith("text/event-stream")
+        if opened is not None:
+            opened.set()
         for line in resp.iter_lines(decode_unicode=True):
             if line.startswith(":"):
                 continue
@@ -432,10 +441,11 @@ async def test_real_server_streams_segments_progress_and_final_state(
     ws_url = f"{server.url.replace('http', 'ws')}/ws/cut-short"
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
         assert (await _read_ws(ws, limit=1))[0]["data"]["status"] == "processing"
+        sse_open = threading.Event()
         cut_sse = asyncio.ensure_future(
-            asyncio.to_thread(_sse_lines, f"{server.url}/events/cut-short", {}, lambda out: False)
+            asyncio.to_thread(_sse_lines, f"{server.url}/events/cut-short", {}, lambda out: False, sse_open)
         )
-        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(sse_open.wait, 30)  # the stream is open before the SIGTERM
         assert server.proc is not None
         stopped_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)

@@ -50,7 +50,7 @@ from test_server_process import (
 from service import system_service
 from service.api.keys import SERVICES
 from service.app import create_app
-from service.inference.selfcheck import MemoryReading, read_memory
+from service.inference.memory import MemoryReading, available_bytes, read_memory
 from service.sdnotify import Notifier
 from service.settings import Settings
 from service.store.files import Layout
@@ -124,6 +124,7 @@ def test_memory_is_measured_against_the_container_limit_when_tighter(tmp_path: P
     mib = 1024 * 1024
     cgroup, proc = _fake_host(tmp_path, "0::/app.slice/whisper", 16 * 1024 * 1024, 12 * 1024 * 1024)
     assert read_memory(cgroup, proc) == MemoryReading(4096 * mib, 16384 * mib, "host")
+    assert available_bytes(cgroup, proc) == 12 * 1024 * mib
     group = cgroup / "app.slice" / "whisper"
     group.mkdir(parents=True)
     (group / "memory.max").write_text("max\n")  # unlimited here ...
@@ -133,6 +134,8 @@ def test_memory_is_measured_against_the_container_limit_when_tighter(tmp_path: P
     (cgroup / "app.slice" / "memory.stat").write_text(f"anon 1\ninactive_file {40 * mib}\n")
     reading = read_memory(cgroup, proc)
     assert reading == MemoryReading(960 * mib, 1024 * mib, "cgroup v2")  # page cache not counted
+    # A model load sees the container's 64 MiB of room, not the host's 12 GiB (models._make_room).
+    assert available_bytes(cgroup, proc) == 64 * mib
     # cgroup v1: the memory controller's own hierarchy; its "unlimited" is a huge number.
     cgroup1, proc1 = _fake_host(tmp_path / "v1", "4:memory:/docker/abc", 8 * 1024 * 1024, 6 * 1024 * 1024)
     limited = cgroup1 / "memory" / "docker" / "abc"
@@ -719,8 +722,12 @@ def test_supervisor_leaves_a_clean_exit_and_a_usage_error_alone(tmp_path: Path) 
 
 
 def test_supervisor_passes_sigterm_on_and_stops_with_the_command(tmp_path: Path) -> None:
+    ready = tmp_path / "handler-set"
     program = (
-        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(60)\n"
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        f"pathlib.Path({str(ready)!r}).write_text('ok')\n"
+        "time.sleep(60)\n"
     )
     (tmp_path / "program.py").write_text(program)
     proc = subprocess.Popen(
@@ -736,11 +743,10 @@ def test_supervisor_passes_sigterm_on_and_stops_with_the_command(tmp_path: Path)
         text=True,
     )
     deadline = time.monotonic() + 20
-    while not (tmp_path / "child.pid").is_file():
+    while not ((tmp_path / "child.pid").is_file() and ready.is_file()):  # the handler is set
         assert time.monotonic() < deadline
         time.sleep(0.05)
     child = int((tmp_path / "child.pid").read_text())
-    time.sleep(0.3)  # the child sets its handler
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err

@@ -38,6 +38,12 @@ SECRET = "s3cret"
 FAST_BACKOFF = 0.2  # seconds before the first retry, doubling
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers here listen on loopback, which webhooks reach only when allowed to."""
+    return dataclasses.replace(settings, webhook_allow_private=True)
+
+
 def verify_signature(secret: str, headers: Mapping[str, str], raw: bytes, max_age_s: float = 300) -> bool:
     """The receiver's check, exactly as docs/webhooks.md describes it."""
     timestamp = headers.get("X-Webhook-Timestamp", "")
@@ -405,7 +411,7 @@ async def test_end_to_end_with_a_real_server(
     server_factory: Callable[..., Any], aiohttp_server: ServerFactory
 ) -> None:
     receiver = await start_receiver(aiohttp_server, secret=SECRET)
-    server = server_factory(extra_args=["--webhook-secret", SECRET])
+    server = server_factory(extra_args=["--webhook-secret", SECRET, "--webhook-allow-private"])
     await asyncio.to_thread(server.start)
     async with aiohttp.ClientSession() as session:
         resp = await session.post(

@@ -19,6 +19,7 @@ TITLES = {
     "journal": "Journal scale",
     "scale": "Scale-out on one Redis queue",
     "long": "Long recordings",
+    "batched": "Batched decoding and diarization at any length",
 }
 
 

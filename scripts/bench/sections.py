@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 import requests
 
+from bench.batched_section import batched
 from bench.common import (
     REPO,
     Clip,
@@ -1359,4 +1360,5 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "journal": journal,
     "scale": scale,
     "long": long_recordings,
+    "batched": batched,
 }

@@ -25,6 +25,7 @@ from service import __version__
 from service.api import clients
 from service.api import schemas as s
 from service.api.auth import OPEN_PATHS, OPEN_PREFIXES
+from service.api.keys import SERVICES
 from service.api.schemas import RESPONSE_FORMATS
 from service.jobs import formats
 from service.jobs.job import JobStatus
@@ -134,13 +135,12 @@ def _download_content() -> dict[str, Schema]:
 
 
 def _openai_content() -> dict[str, Schema]:
-    # response_format text is one string (text/plain); the others render as /download does.
+    # json and verbose_json are JSON; text, srt and vtt plain text, as OpenAI labels them.
     either = {"anyOf": [s.OpenAITranscription, s.VerboseTranscript]}
-    media = {
-        fmt: "text/plain" if fmt == "text" else formats.FORMATS[fmt][0].split(";")[0]
-        for fmt in RESPONSE_FORMATS
-    }
-    return _by_media_type(media, either)
+    media = {fmt: "application/json" if "json" in fmt else "text/plain" for fmt in RESPONSE_FORMATS}
+    content = _by_media_type(media, either)
+    content["text/event-stream"] = {"schema": s.OpenAIStreamEvent, "x-formats": list(s.STREAM_FORMATS)}
+    return content
 
 
 def _openai_audio(name: str, path: str, operation_id: str, summary: str, english_only_note: str) -> Operation:
@@ -150,15 +150,17 @@ def _openai_audio(name: str, path: str, operation_id: str, summary: str, english
         operation_id,
         summary,
         description=(
-            "OpenAI-compatible, answered when the transcript is ready. The upload is an ordinary "
-            "job (journal, queue order, --max-queue, cache, webhooks, restarts); the request "
-            "holds until it ends. Other OpenAI fields are accepted and ignored."
+            "OpenAI-compatible, answered when the transcript is ready, or with stream=true as "
+            "text/event-stream while it is decoded. The upload is an ordinary job (journal, queue "
+            "order, --max-queue, cache, webhooks, restarts); the request holds until it ends. "
+            "Other OpenAI fields are accepted and ignored."
         ),
         form=s.OpenAIAudioForm,
         responses={
             200: Reply(
-                "json: `{text}`; verbose_json: VerboseTranscript; text: one string and a newline; "
-                "srt and vtt: subtitles.",
+                "json: `{text, usage}`; verbose_json: VerboseTranscript; text: one string and a "
+                "newline; srt and vtt: subtitles; stream=true: transcript.text.delta events, then "
+                "transcript.text.done (an error after the stream began is an `error` event).",
                 content=_openai_content(),
                 headers={
                     "X-Job-Id": Header(
@@ -169,15 +171,15 @@ def _openai_audio(name: str, path: str, operation_id: str, summary: str, english
                 },
             ),
             400: error(
-                "A bad field (`param` names it), not multipart, no, empty or sample-less audio"
-                + english_only_note
+                "A bad field (`param` names it), not multipart, no, empty, sample-less or "
+                "undecodable audio (`param: file`)" + english_only_note
             ),
+            404: error("A model name that is neither OpenAI's nor one the engine has (`model_not_found`)."),
             409: error(
                 "The job was cancelled (DELETE /jobs/{id}) while the request waited.",
                 {"x-should-retry": Header(NO_RETRY)},
             ),
             413: error("Larger than --max-upload-mb."),
-            415: error("The bytes are not decodable audio."),
             429: QUEUE_FULL,
             500: error(
                 "The job failed (its error is the message, with `x-should-retry: false`), or an "
@@ -794,10 +796,21 @@ def route_operations(app: web.Application) -> set[tuple[str, str]]:
 _SERVED = web.AppKey("openapi_served", dict)
 
 
+def _without_auth(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as served with no --api-token: no bearer scheme a client would try to fill."""
+    out = {**document, "components": dict(document["components"])}
+    out.pop("security", None)
+    out["components"].pop("securitySchemes", None)
+    return out
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     served: dict[str, str] = request.app[_SERVED]
     if "text" not in served:
-        served["text"] = json.dumps(_document(), indent=1)
+        document = _document()
+        if request.app[SERVICES].settings.api_token is None:
+            document = _without_auth(document)
+        served["text"] = json.dumps(document, indent=1)
     return web.Response(text=served["text"], content_type="application/json")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import clients, dashboard, metrics, openai_compat, openapi, rest, streams, system
+from service.api import clients, dashboard, metrics, openai_compat, openapi, rest, streams, system, uploads
 
 
 def setup_routes(app: web.Application) -> None:
@@ -39,9 +39,10 @@ def setup_routes(app: web.Application) -> None:
     # The dashboard.
     add.add_get("/", dashboard.index, name="dashboard")
     add.add_get(dashboard.STATIC_PREFIX + "{name}", dashboard.asset, name="dashboard_asset")
-    # State of the HTTP side: open streams, metrics, the client's wheel, the OpenAPI document (and
-    # its route).
+    # State of the HTTP side: open streams, uploads being received, metrics, the client's wheel,
+    # the OpenAPI document (and its route).
     streams.setup_streams(app)
+    uploads.setup_uploads(app)
     clients.setup_clients(app)
     metrics.setup_metrics(app)
     openapi.setup_openapi_routes(app)

@@ -36,6 +36,11 @@ from service.settings import BACKENDS, ISOLATION
 OPENAI_PREFIX = "/v1/"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("segment", "word")
+# The formats stream=true sends as text events, and what include[] may ask for.
+STREAM_FORMATS = ("json", "text")
+INCLUDES = ("logprobs",)
+# OpenAI's model names; each means the service's default model (whisper-1 is the clients' default).
+MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 # A stream's message type for the job as GET /status shows it (not an event: it has no id).
 STATE = "state"
 
@@ -208,6 +213,12 @@ class Segment(Body):
     text: str
     avg_logprob: Absent[float] = None
     no_speech_prob: Absent[float] = None
+    seek: Absent[int] = Field(default=None, description="The decoding window's start, in 10 ms frames.")
+    tokens: Absent[list[int]] = Field(default=None, description="The decoder's token ids, timestamps too.")
+    temperature: Absent[float] = Field(default=None, description="The temperature the window was decoded at.")
+    compression_ratio: Absent[float] = Field(
+        default=None, description="The text's gzip compression ratio; over 2.4 suggests repetition."
+    )
     speaker: Absent[str] = Field(default=None, description="With diarize=true or channels=split.")
     channel: Absent[int] = Field(default=None, description="With channels=split (live segments).")
     words: Absent[list[Word]] = None
@@ -222,6 +233,13 @@ class Transcript(Body):
     segments: list[Segment]
 
 
+class OpenAIDurationUsage(Body):
+    """What OpenAI bills whisper-1 by: the audio's seconds, rounded up."""
+
+    type: Literal["duration"]
+    seconds: Annotated[int, Field(ge=0)]
+
+
 class VerboseTranscript(Body):
     """format=verbose_json: the shape of OpenAI's transcription API."""
 
@@ -231,6 +249,7 @@ class VerboseTranscript(Body):
     text: str
     segments: list[Segment]
     words: Absent[list[Word]] = None
+    usage: Absent[OpenAIDurationUsage] = Field(default=None, description="On /v1 only.")
 
 
 class StateEvent(BaseModel):
@@ -299,10 +318,61 @@ class OpenAIModelList(Body):
     data: list[OpenAIModel]
 
 
+class OpenAILogprob(Body):
+    """include[]=logprobs: one per word, the log of Whisper's word probability."""
+
+    token: str
+    logprob: float | None
+    bytes: list[int] = Field(description="The word's UTF-8 bytes.")
+
+
 class OpenAITranscription(Body):
-    """response_format=json: just the text."""
+    """response_format=json: the text, its duration usage, and logprobs when asked."""
 
     text: str
+    logprobs: Absent[list[OpenAILogprob]] = None
+    usage: OpenAIDurationUsage
+
+
+class OpenAITokenDetails(Body):
+    audio_tokens: int
+    text_tokens: int
+
+
+class OpenAITokenUsage(Body):
+    """Whisper's encoder positions (50 a second of audio) in, the decoder's tokens out."""
+
+    type: Literal["tokens"]
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_token_details: OpenAITokenDetails
+
+
+class OpenAITextDelta(Body):
+    """More of the transcript; all the deltas joined are the final text."""
+
+    type: Literal["transcript.text.delta"]
+    delta: str
+    logprobs: Absent[list[OpenAILogprob]] = None
+
+
+class OpenAITextDone(Body):
+    """The last event: the whole transcript, as the job stored it."""
+
+    type: Literal["transcript.text.done"]
+    text: str
+    logprobs: Absent[list[OpenAILogprob]] = None
+    usage: OpenAITokenUsage
+
+
+class OpenAIStreamEvent(BaseModel):
+    """One event of stream=true (`data:` only, OpenAI's way): a delta, the final `done`, or,
+    when the job fails after the stream began, an error as OpenAI's clients read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Json[OpenAITextDelta | OpenAITextDone | OpenAIError]
 
 
 # -- multipart forms: one model per upload route, for the request-body schema ------------------
@@ -361,8 +431,9 @@ class OpenAIAudioForm(BaseModel):
     model: Absent[str] = Field(
         default=None,
         description=(
-            "A model name the engine knows (`tiny.en`, `base`) runs as given; anything else "
-            "(`whisper-1`, `gpt-4o-transcribe`) or nothing means the service's default."
+            "A model name the engine knows (`tiny.en`, `base`, or a hub id for one such as "
+            "`Systran/faster-whisper-tiny.en`) runs as given; `whisper-1`, `gpt-4o-transcribe`, "
+            "`gpt-4o-mini-transcribe` or nothing mean the service's default; others are 404."
         ),
     )
     language: Absent[str] = Field(
@@ -383,6 +454,16 @@ class OpenAIAudioForm(BaseModel):
     )
     timestamp_granularities: Absent[Granularities] = Field(
         default=None, description="The same, under the name some clients send."
+    )
+    stream: bool = Field(
+        default=False,
+        description="json and text only: text/event-stream, `transcript.text.delta` events as "
+        "segments are decoded, then `transcript.text.done`.",
+    )
+    include_list: Absent[list[Annotated[str, OneOf(INCLUDES)]]] = Field(
+        default=None,
+        alias="include[]",
+        description="`logprobs`: per-word log probabilities in json and in stream events.",
     )
     priority: PriorityField = Field(
         default="normal", description="Extension (extra_body): as /transcribe's priority."

@@ -6,7 +6,9 @@ job. `Diarizer` holds the encoder once loaded, so the worker keeps one warm besi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +28,12 @@ from service.errors import BadRequest
 
 MAX_SPEAKERS = 20  # the most a request may ask for; far beyond what short-window clustering resolves
 FRAME_S = HOP / SAMPLE_RATE  # one mel frame: 10 ms
+# Audio examined at once when finding and embedding speech: memory is bounded by this, not by
+# the recording's length. Speech ending within SETTLE_S of a block's end may go on past it: it is
+# looked at again with the next block.
+BLOCK_S = 120.0
+SETTLE_S = 5.0
+_CONTEXT = 2 * HOP  # samples kept either side of a region, so its edge frames see real audio
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class DiarizerConfig:
     # with 10 s in an hour still counts; an absolute floor alone split readers (bench).
     min_speaker_fraction: float = 0.05
     min_speaker_cap_s: float = 10.0
-    per_window_loudness: bool = True  # normalise each window, so loudness is no speaker cue
+    # Normalise each window, so loudness is no speaker cue (off: each speech region once).
+    per_window_loudness: bool = True
 
     def __post_init__(self) -> None:
         if self.vad not in VAD_METHODS:
@@ -101,22 +110,46 @@ class Diarizer:
         """`result` with a `speaker` on every segment, split where the speaker changes."""
         return assign_speakers(result, self.turns(pcm, options or DiarizationOptions()))
 
+    def label_stream(
+        self, blocks: Iterable[np.ndarray], result: Result, options: DiarizationOptions | None = None
+    ) -> Result:
+        """As calling it with the whole recording, read block by block (bounded memory)."""
+        return assign_speakers(result, self.turns_of_blocks(blocks, options or DiarizationOptions()))
+
     def turns(self, pcm: np.ndarray, options: DiarizationOptions | None = None) -> list[SpeakerTurn]:
         """Speaker turns (speech only, sorted), speakers named SPEAKER_n by first appearance."""
+        step = round(BLOCK_S * SAMPLE_RATE)
+        return self.turns_of_blocks((pcm[i : i + step] for i in range(0, len(pcm), step)), options)
+
+    def turns_of_blocks(
+        self, blocks: Iterable[np.ndarray], options: DiarizationOptions | None = None
+    ) -> list[SpeakerTurn]:
+        """Speaker turns of a recording given as consecutive 16 kHz mono blocks of any size.
+
+        Speech is found and embedded `BLOCK_S` at a time, so what is held is a block of audio plus
+        one 256-float embedding per 0.8 s of speech; clustering then sees a bounded sample of the
+        embeddings (clustering.MAX_CLUSTERED_ROWS) and labels the rest by the nearest speaker, so
+        the whole recording shares one set of speakers.
+        """
         options = options or DiarizationOptions()
         config = self.config
-        regions = speech_regions(pcm, config.vad, config.vad_threshold, config.vad_pad_s)
-        if not regions:
+        found = _Found()
+        held = np.zeros(0, dtype=np.float32)
+        held_from = 0  # the recording's sample at held[0]; always a multiple of HOP
+        for block in blocks:
+            held = np.concatenate((held, block.astype(np.float32, copy=False))) if held.size else block
+            found.samples += block.size
+            if held.size >= BLOCK_S * SAMPLE_RATE:
+                cut = self._settle(held, held_from, found, final=False)
+                held, held_from = held[cut:].copy(), held_from + cut
+        self._settle(held, held_from, found, final=True)
+        del held
+        if not found.regions:
             return []
-        windows = self._windows(regions, len(pcm))
-        if not windows:
-            return [SpeakerTurn(start, end, "SPEAKER_1") for start, end in regions]
-        # Loudness is no speaker cue: each window is normalised, or else the whole file once.
-        mel = mel_spectrogram(pcm if config.per_window_loudness else normalize_loudness(pcm))
-        mels = [self._window_mel(pcm, mel, w) for w in windows]
-        embeddings = self.encoder.embed(mels)
+        if not found.windows:
+            return [SpeakerTurn(start, end, "SPEAKER_1") for start, end in found.regions]
         labels = cluster(
-            embeddings,
+            np.concatenate(found.embeddings),
             method=config.clustering,
             num_speakers=options.num_speakers,
             min_speakers=options.min_speakers or 1,
@@ -125,74 +158,102 @@ class Diarizer:
             min_cluster_fraction=config.min_speaker_fraction,
             max_min_cluster_size=max(2, round(config.min_speaker_cap_s / config.hop_s)),
         )
-        frames = self._frame_labels(regions, windows, labels, len(mel))
-        return self._turns_from_frames(regions, frames)
+        return self._turns(found, labels)
 
-    # -- windows --------------------------------------------------------------------------
-    def _windows(self, regions: list[tuple[float, float]], n_samples: int) -> list[_Window]:
+    # -- speech and embeddings, a block at a time ----------------------------------------------
+    def _settle(self, held: np.ndarray, held_from: int, found: _Found, final: bool) -> int:
+        """Find the speech in `held`, embed what is final, and say where the next block starts
+        (samples into `held`): speech that may go on past the block's end waits for the next."""
+        config = self.config
+        spans = speech_regions(held, config.vad, config.vad_threshold, config.vad_pad_s) if held.size else []
+        cut = held.size
+        if not final:
+            limit = held.size / SAMPLE_RATE - SETTLE_S
+            waiting = [span for span in spans if span[1] >= limit]
+            resume_s = waiting[0][0] if waiting else limit
+            if resume_s <= SETTLE_S:  # speech with no pause for a whole block: cut it at the limit
+                spans = [(start, min(end, limit)) for start, end in spans if start < limit]
+                resume_s = limit
+            else:
+                spans = [span for span in spans if span[1] < limit]
+            cut = max(0, (round(resume_s * SAMPLE_RATE) - _CONTEXT) // HOP * HOP)
+        base = held_from / SAMPLE_RATE
+        mels: list[np.ndarray] = []
+        for start, end in spans:
+            start, end = max(base + start, found.reached), base + end
+            if end - start <= 0:
+                continue
+            index = len(found.regions)
+            found.regions.append((start, end))
+            found.reached = end
+            first, last = round(start / FRAME_S), round(end / FRAME_S)
+            last = min(last, (held_from + held.size) // HOP + 1)
+            windows = self._region_windows(first, last, index)
+            if not windows:
+                continue
+            # The region's mel frames with real audio either side (frame f is centred on sample
+            # f * HOP, exactly as over the whole recording).
+            context = min(_CONTEXT, first * HOP - held_from)
+            piece = held[first * HOP - held_from - context : last * HOP - held_from + _CONTEXT]
+            mel = mel_spectrogram(piece if config.per_window_loudness else normalize_loudness(piece))
+            mel = mel[context // HOP :]
+            for window in windows:
+                window_mel = mel[window.first - first : window.last - first]
+                if config.per_window_loudness:
+                    samples = held[window.first * HOP - held_from : window.last * HOP - held_from]
+                    window_mel = window_mel * np.float32(_loudness_gain(samples) ** 2)  # power: gain²
+                mels.append(window_mel)
+            found.windows.extend(windows)
+        if mels:
+            found.embeddings.append(self.encoder.embed(mels))
+        return cut
+
+    def _region_windows(self, first: int, last: int, region: int) -> list[_Window]:
         size = round(self.config.window_s / FRAME_S)
         hop = max(1, round(self.config.hop_s / FRAME_S))
-        shortest = round(self.config.min_window_s / FRAME_S)
-        last_frame = n_samples // HOP + 1
-        windows: list[_Window] = []
-        for index, (start, end) in enumerate(regions):
-            first, last = round(start / FRAME_S), min(round(end / FRAME_S), last_frame)
-            length = last - first
-            if length < shortest:
-                continue
-            if length <= size:
-                windows.append(_Window(first, last, index))
-                continue
-            starts = list(range(first, last - size + 1, hop))
-            if starts[-1] != last - size:
-                starts.append(last - size)
-            windows.extend(_Window(s, s + size, index) for s in starts)
-        return windows
+        length = last - first
+        if length < round(self.config.min_window_s / FRAME_S):
+            return []
+        if length <= size:
+            return [_Window(first, last, region)]
+        starts = list(range(first, last - size + 1, hop))
+        if starts[-1] != last - size:
+            starts.append(last - size)
+        return [_Window(s, s + size, region) for s in starts]
 
-    def _window_mel(self, pcm: np.ndarray, mel: np.ndarray, window: _Window) -> np.ndarray:
-        if not self.config.per_window_loudness:
-            return mel[window.first : window.last]
-        samples = pcm[window.first * HOP : window.last * HOP]
-        gain = _loudness_gain(samples)
-        return mel[window.first : window.last] * np.float32(gain**2)  # power spectrum scales by gain²
-
-    # -- labels ---------------------------------------------------------------------------
-    def _frame_labels(
-        self, regions: list[tuple[float, float]], windows: list[_Window], labels: np.ndarray, n_frames: int
-    ) -> np.ndarray:
-        """A speaker per 10 ms frame: the vote of the windows covering it, -1 outside speech."""
+    # -- labels to turns ------------------------------------------------------------------------
+    def _turns(self, found: _Found, labels: np.ndarray) -> list[SpeakerTurn]:
+        """Each 10 ms frame of speech takes the vote of the windows covering it (speech no window
+        covers: the nearest window's speaker); short runs join a neighbour; runs become turns."""
+        windows = found.windows
         n_labels = int(labels.max()) + 1
-        votes = np.zeros((n_frames + 1, n_labels), dtype=np.float32)
-        for window, label in zip(windows, labels.tolist(), strict=True):
-            votes[window.first : window.last, label] += 1.0
-        in_speech = np.zeros(n_frames + 1, dtype=bool)
-        for start, end in regions:
-            in_speech[round(start / FRAME_S) : round(end / FRAME_S)] = True
-        frames = np.where(in_speech, np.argmax(votes, axis=1), -1)
-        # Speech no window covers (a region too short for one): the nearest window's speaker.
-        uncovered = np.flatnonzero(in_speech & ~votes.any(axis=1))
-        if uncovered.size:
-            centres = np.array([(w.first + w.last) / 2 for w in windows])  # in time order
-            after = np.clip(np.searchsorted(centres, uncovered), 0, len(centres) - 1)
-            before = np.maximum(after - 1, 0)
-            closer = np.abs(centres[before] - uncovered) <= np.abs(centres[after] - uncovered)
-            frames[uncovered] = labels[np.where(closer, before, after)]
-        return frames
-
-    def _turns_from_frames(self, regions: list[tuple[float, float]], frames: np.ndarray) -> list[SpeakerTurn]:
+        centres = np.array([(w.first + w.last) / 2 for w in windows])  # in time order
+        by_region: dict[int, list[int]] = {}
+        for index, window in enumerate(windows):
+            by_region.setdefault(window.region, []).append(index)
         shortest = round(self.config.min_turn_s / FRAME_S)
+        end_frame = found.samples // HOP + 2
         raw: list[list[int]] = []  # [first frame, last frame (exclusive), label]
-        for start, end in regions:
-            first, last = round(start / FRAME_S), min(round(end / FRAME_S), len(frames))
-            runs: list[list[int]] = []
-            for frame in range(first, last):
-                label = int(frames[frame])
-                if runs and runs[-1][2] == label:
-                    runs[-1][1] = frame + 1
-                else:
-                    runs.append([frame, frame + 1, label])
-            runs = _absorb_short_runs(runs, shortest)
-            raw.extend(runs)
+        for region, (start, end) in enumerate(found.regions):
+            first, last = round(start / FRAME_S), min(round(end / FRAME_S), end_frame)
+            if last <= first:
+                continue
+            votes = np.zeros((last - first, n_labels), dtype=np.float32)
+            for index in by_region.get(region, ()):
+                window = windows[index]
+                votes[window.first - first : window.last - first, labels[index]] += 1.0
+            frames = np.argmax(votes, axis=1)
+            uncovered = np.flatnonzero(~votes.any(axis=1))
+            if uncovered.size:
+                at = uncovered + first
+                after = np.clip(np.searchsorted(centres, at), 0, len(centres) - 1)
+                before = np.maximum(after - 1, 0)
+                closer = np.abs(centres[before] - at) <= np.abs(centres[after] - at)
+                frames[uncovered] = labels[np.where(closer, before, after)]
+            changes = np.flatnonzero(np.diff(frames)) + 1
+            edges = [0, *changes.tolist(), len(frames)]
+            runs = [[first + a, first + b, int(frames[a])] for a, b in itertools.pairwise(edges)]
+            raw.extend(_absorb_short_runs(runs, shortest))
         names: dict[int, str] = {}
         turns: list[SpeakerTurn] = []
         for first, last, label in raw:
@@ -203,6 +264,17 @@ class Diarizer:
             else:
                 turns.append(SpeakerTurn(start, end, name))
         return turns
+
+
+@dataclass
+class _Found:
+    """What the blocks read so far gave: speech regions (s), their windows and embeddings."""
+
+    regions: list[tuple[float, float]] = field(default_factory=list)
+    windows: list[_Window] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    samples: int = 0
+    reached: float = 0.0  # end of the last region kept: re-found speech never overlaps it
 
 
 def _loudness_gain(samples: np.ndarray) -> float:

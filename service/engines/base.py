@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -14,6 +14,8 @@ StopCheck = Callable[[], bool]
 SegmentCallback = Callable[["Segment"], None]
 
 
+# Whisper's mel frames per second of audio: the unit of a segment's `seek`.
+FRAMES_PER_SECOND = 100
 # How much the temperature rises each time a window fails whisper's quality checks.
 TEMPERATURE_STEP = 0.2
 
@@ -70,6 +72,14 @@ class Segment:
     no_speech_prob: float | None = None
     words: list[Word] | None = None
     speaker: str | None = None
+    # What the decoder reports about the window the segment came from, as OpenAI's verbose_json
+    # carries them: the window's start in mel frames (100 a second, in the recording's time), the
+    # token ids (timestamps included), the temperature that passed the quality checks, and the
+    # text's gzip compression ratio (over 2.4 reads as a repetition loop).
+    seek: int | None = None
+    tokens: list[int] | None = None
+    temperature: float | None = None
+    compression_ratio: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,6 +90,9 @@ class Segment:
             "avg_logprob": self.avg_logprob,
             "no_speech_prob": self.no_speech_prob,
         }
+        for name in ("seek", "tokens", "temperature", "compression_ratio"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
         # Only when set, so results without them serialise exactly as before.
         if self.speaker is not None:
             out["speaker"] = self.speaker
@@ -100,6 +113,10 @@ class Segment:
             no_speech_prob=raw.get("no_speech_prob"),
             words=None if words is None else [Word(**w) for w in words],
             speaker=raw.get("speaker"),
+            seek=raw.get("seek"),
+            tokens=raw.get("tokens"),
+            temperature=raw.get("temperature"),
+            compression_ratio=raw.get("compression_ratio"),
         )
 
     def shifted(self, offset: float, limit: float) -> Segment:
@@ -111,16 +128,8 @@ class Segment:
         words = None
         if self.words is not None:
             words = [Word(at(w.start), at(w.end), w.word, w.probability) for w in self.words]
-        return Segment(
-            self.id,
-            at(self.start),
-            at(self.end),
-            self.text,
-            self.avg_logprob,
-            self.no_speech_prob,
-            words,
-            self.speaker,
-        )
+        seek = None if self.seek is None else self.seek + round(offset * FRAMES_PER_SECOND)
+        return replace(self, start=at(self.start), end=at(self.end), words=words, seek=seek)
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,10 @@ class Result:
     segments: list[Segment] = field(default_factory=list)
     # Who spoke when, as found by diarization: finer than segment times (rttm is written from them).
     speaker_turns: list[SpeakerTurn] | None = None
+    # Packets of the file that did not decode and were skipped, and the audio they held (the
+    # job's status says so); not part of the transcript.
+    skipped_packets: int = 0
+    skipped_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -194,4 +207,25 @@ class Engine(ModelCatalog, Protocol):
         result, in order, as it is decoded (so streams can show text before the job ends).
         `should_stop`, when given, may be polled inside a window; when it says True the engine
         raises JobInterrupted as soon as it can (cancel within a fraction of a second)."""
+        ...
+
+
+@runtime_checkable
+class BatchTranscriber(Protocol):
+    """An engine that can decode several chunks in one call (faster-whisper). The pipeline
+    batches a job's chunks when its engine is one; others decode them one by one."""
+
+    def auto_batch_size(self) -> int:
+        """Chunks decoded together when the setting says 0 (auto): chosen for the engine's device."""
+        ...
+
+    def transcribe_batch(
+        self,
+        model: Any,
+        pieces: Sequence[np.ndarray],
+        options: DecodeOptions,
+        should_stop: StopCheck | None = None,
+    ) -> list[Result]:
+        """One Result per piece (16 kHz mono, at most one 30 s window each), in chunk time, as
+        `transcribe` would give it; nothing is streamed before the whole batch is decoded."""
         ...

@@ -113,6 +113,10 @@ def _segment(raw: dict[str, Any], word_timestamps: bool) -> Segment:
         avg_logprob=float(raw["avg_logprob"]),
         no_speech_prob=float(raw["no_speech_prob"]),
         words=_words(raw) if word_timestamps else None,
+        seek=int(raw["seek"]),
+        tokens=[int(t) for t in raw["tokens"]],
+        temperature=float(raw["temperature"]),
+        compression_ratio=float(raw["compression_ratio"]),
     )
 
 

@@ -150,6 +150,7 @@ class AudioStream:
         self.channel = channel
         self.samples = 0  # decoded so far
         self.skipped_packets = 0
+        self.skipped_s = 0.0  # the audio those packets held, where the container says
         self.declared_s: float | None = None
         with _open(path) as container:
             if not container.streams.audio:
@@ -194,10 +195,25 @@ class AudioStream:
                     frames = packet.decode()
                 except av.error.FFmpegError:
                     self.skipped_packets += 1
+                    if packet.duration and packet.time_base:
+                        self.skipped_s += float(packet.duration * packet.time_base)
                     continue
                 for frame in frames:
                     frame.pts = None  # the resampler keeps its own clock across odd timestamps
-                    for out in resampler.resample(frame):
+                    try:
+                        outs = resampler.resample(frame)
+                    except ValueError:
+                        # The frame's rate or layout differs from the stream's so far: junk
+                        # that parsed as a frame header, or a recording joined from parts.
+                        if self.channel is not None and self.channels > 1:
+                            self.skipped_packets += 1  # one channel of a changed layout: unknowable
+                            self.skipped_s += frame.samples / (frame.sample_rate or SAMPLE_RATE)
+                            continue
+                        for out in resampler.resample(None):
+                            yield self._pick(out)
+                        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                        outs = resampler.resample(frame)
+                    for out in outs:
                         yield self._pick(out)
             for out in resampler.resample(None):
                 yield self._pick(out)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import AudioTooLong
 from service.inference.audio import SAMPLE_RATE, AudioStream
 from service.inference.vad import FRAME_SAMPLES, Loudness, SpeechDetector
 
@@ -39,6 +40,8 @@ class ChunkingOptions:
     # Off: every frame counts as speech (nothing skipped); long stretches are still cut in
     # their quietest moments, by loudness instead of the detector.
     detect_speech: bool = True
+    # Decoding stops (the job fails) past this much audio, whatever the header said; 0 never.
+    max_audio_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,13 @@ def speech_chunks(stream: AudioStream, options: ChunkingOptions | None = None) -
     def cut(start: int, end: int) -> Chunk:
         return Chunk(start, end, held[start - held_from : end - held_from].copy())
 
+    limit = planner.options.max_audio_s
     for block in stream:
+        if limit and stream.seconds > limit:
+            raise AudioTooLong(
+                f"The recording runs past --max-audio-seconds ({limit:g} s): decoding stopped "
+                f"there. Its header claimed {_claimed(stream)}; split the recording, or raise the limit."
+            )
         held = np.concatenate((held, block)) if held.size else block
         for start, end in planner.feed(detector.feed(block)):
             yield cut(start, end)
@@ -203,3 +212,7 @@ def speech_chunks(stream: AudioStream, options: ChunkingOptions | None = None) -
     planner.feed(detector.flush())
     for start, end in planner.finish(stream.samples):
         yield cut(start, end)
+
+
+def _claimed(stream: AudioStream) -> str:
+    return f"{stream.declared_s:.0f} s" if stream.declared_s is not None else "no length"

@@ -25,6 +25,7 @@ import psutil
 
 from service.engines.base import Engine
 from service.errors import ModelBusy, ModelUnavailable
+from service.inference.memory import available_bytes
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,14 +209,14 @@ class ModelManager:
             over_count = count >= self.max_models
             # The default model must load whatever the budget; it still counts against it.
             over_budget = name != self.default and 0 < self.memory_budget_mib < held + need
-            short = psutil.virtual_memory().available / MIB < need + _RESERVE_MIB
+            short = _available_mib() < need + _RESERVE_MIB
             if not (over_count or over_budget or short):
                 return
             victims = self._evictable()
             if not victims:
                 break
             self._evict(victims[0].name, "to make room for " + name)
-        available = psutil.virtual_memory().available / MIB
+        available = _available_mib()
         if available < need + _RESERVE_MIB:
             raise ModelUnavailable(
                 f"Not enough memory to load model {name}: it needs about {need} MiB and "
@@ -227,3 +228,9 @@ class ModelManager:
                 f"{self.memory_budget_mib} MiB next to the models in use."
             )
         # Over the count limit with every other model in use: load anyway, briefly over.
+
+
+def _available_mib() -> float:
+    """Memory a load may use: under a container's cgroup limit, not just the host's free memory."""
+    available = available_bytes()
+    return (available if available is not None else psutil.virtual_memory().available) / MIB

@@ -5,20 +5,26 @@ is decoded on its own and handed to `checkpoint` before the next one starts, whi
 durable and says whether to go on. A job that was interrupted (crash, restart, shutdown, a
 higher-priority job) passes its checkpoints back in and resumes after the last of them.
 Memory stays at about a chunk of audio plus the transcript, however long the recording.
+
+With an engine that decodes batches (`BatchTranscriber`, faster-whisper), up to `batch_size`
+chunks are read ahead and decoded in one call; each is then kept in order exactly as a chunk
+decoded alone would be (segments sent, skipped stretches decoded again, checkpoint, verdict).
+A batch is the unit of pre-emption: stepping aside keeps the whole batch, and a crash loses at
+most the batch in flight. Memory grows by the batch's audio and features (a few MiB each).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from service.diarization.assign import merge_channel_results
 from service.diarization.pipeline import DiarizationOptions, Diarizer
-from service.engines.base import DecodeOptions, JobInterrupted, Result, Segment
+from service.engines.base import BatchTranscriber, DecodeOptions, JobInterrupted, Result, Segment
 from service.inference import audio
 from service.inference.chunking import ChunkingOptions, speech_chunks
 from service.inference.models import ModelManager
@@ -49,6 +55,9 @@ class TranscribeRequest:
     # Chunks finished by earlier runs of this job (the store's checkpoints), in recording order.
     done: tuple[dict[str, Any], ...] = ()
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
+    # Chunks decoded together (engines that batch; the service passes --batch-size): 0 is the
+    # engine's choice for its device; 1 is one chunk at a time, streamed segment by segment.
+    batch_size: int = 1
 
 
 _diarizer: Diarizer | None = None
@@ -87,6 +96,9 @@ class _Run:
         self.split = request.job_options.split_channels
         self.emitted = sum(len(c.get("segments", ())) for c in request.done)
         self.language: str | None = next((c["language"] for c in request.done if c.get("language")), None)
+        # Damaged stretches the decoder skipped (the most in any one channel), for the job's note.
+        self.skipped_packets = 0
+        self.skipped_s = 0.0
 
     def progress(self, seconds: float, duration: float) -> None:
         """Report `seconds` of the current channel done (of `duration`), over all channels."""
@@ -151,65 +163,124 @@ def _untranscribed_stretches(
     return found
 
 
-def _transcribe_stream(
-    manager: ModelManager, model: Any, run: _Run, options: DecodeOptions, channel: int | None
-) -> Result:
-    """One channel (or the mix) of the recording, chunk by chunk, resuming after its checkpoints."""
-    request = run.request
-    index = channel or 0
-    done = [c for c in request.done if int(c.get("channel", 0)) == index]
-    resume = checkpoints_reach(done)
-    segments = [Segment.from_dict(s) for c in done for s in c.get("segments", ())]
-    stream = audio.AudioStream(Path(request.audio_path), READ_BLOCK_SECONDS, channel)
-    duration = stream.declared_s or 0.0
-    for chunk in speech_chunks(stream, request.chunking):
+@dataclass(frozen=True)
+class _Piece:
+    """What is left to decode of one chunk: its audio and where it sits in the recording."""
+
+    pcm: Any
+    offset: float  # seconds from the recording's start
+    end_s: float
+
+
+def _pieces(run: _Run, stream: audio.AudioStream, resume: float) -> Iterator[_Piece]:
+    """The recording's chunks after `resume` (what earlier runs kept), in order."""
+    for chunk in speech_chunks(stream, run.request.chunking):
         if run.should_stop():
             raise JobInterrupted
         if chunk.end_s <= resume + 1e-3:
             continue  # decoded by an earlier run
         start = max(chunk.start, round(resume * audio.SAMPLE_RATE))
-        pcm = chunk.audio[start - chunk.start :]
-        offset, end_s = start / audio.SAMPLE_RATE, chunk.end_s
-        span = end_s - offset
+        yield _Piece(chunk.audio[start - chunk.start :], start / audio.SAMPLE_RATE, chunk.end_s)
+
+
+def batch_size(manager: ModelManager, request: TranscribeRequest) -> int:
+    """Chunks decoded per call for this job: 1 when the engine cannot batch."""
+    engine = manager.engine
+    if not isinstance(engine, BatchTranscriber):
+        return 1
+    return max(1, request.batch_size or engine.auto_batch_size())
+
+
+def _decode_alone(
+    manager: ModelManager, model: Any, run: _Run, options: DecodeOptions, piece: _Piece, duration: float
+) -> Result:
+    """One chunk, its segments sent and progress reported as they decode."""
+    offset, end_s = piece.offset, piece.end_s
+    span = end_s - offset
+
+    def on_progress(fraction: float) -> None:
+        run.progress(offset + fraction * span, max(duration, offset + span))
+
+    def on_segment(segment: Segment) -> None:
+        run.send(segment.shifted(offset, end_s))
+
+    return manager.engine.transcribe(model, piece.pcm, options, on_progress, on_segment, run.should_stop)
+
+
+def _transcribe_stream(
+    manager: ModelManager, model: Any, run: _Run, options: DecodeOptions, channel: int | None
+) -> Result:
+    """One channel (or the mix) of the recording, chunk by chunk (or batch by batch), resuming
+    after its checkpoints."""
+    request = run.request
+    index = channel or 0
+    done = [c for c in request.done if int(c.get("channel", 0)) == index]
+    segments = [Segment.from_dict(s) for c in done for s in c.get("segments", ())]
+    stream = audio.AudioStream(Path(request.audio_path), READ_BLOCK_SECONDS, channel)
+    duration = stream.declared_s or 0.0
+    size = batch_size(manager, request)
+    pending = _pieces(run, stream, checkpoints_reach(done))
+    while True:
+        # The language is found on the first speech, alone; batches need it settled.
+        batch = list(itertools.islice(pending, size if run.language is not None else 1))
+        if not batch:
+            break
         if run.language is not None:
             options = replace(options, language=run.language)
-
-        def on_progress(fraction: float, offset: float = offset, span: float = span) -> None:
-            run.progress(offset + fraction * span, max(duration, offset + span))
-
-        def on_segment(segment: Segment, offset: float = offset, end_s: float = end_s) -> None:
-            run.send(segment.shifted(offset, end_s))
-
-        result = manager.engine.transcribe(model, pcm, options, on_progress, on_segment, run.should_stop)
-        if run.language is None and result.language:
-            run.language = result.language  # detected on the first speech: kept for the rest
-        found = [s.shifted(offset, end_s) for s in result.segments if s.text.strip()]
-        found += _untranscribed_stretches(manager, model, run, options, pcm, result, offset, end_s)
-        found.sort(key=lambda s: s.start)
-        segments.extend(found)
-        covered = (index * duration + end_s) / run.channels if duration > 0 else end_s
-        verdict = GO_ON
-        if run.checkpoint is not None:
-            verdict = run.checkpoint(
-                {
-                    "channel": index,
-                    "start": round(offset, 3),
-                    "end": round(end_s, 3),
-                    "language": run.language,
-                    "segments": [s.as_dict() for s in found],
-                    "transcribed_s": round(covered, 3),
-                }
+        if len(batch) == 1:
+            results = [_decode_alone(manager, model, run, options, batch[0], duration)]
+        else:
+            engine = manager.engine
+            assert isinstance(engine, BatchTranscriber)
+            results = engine.transcribe_batch(model, [p.pcm for p in batch], options, run.should_stop)
+        if run.language is None and results[0].language:
+            run.language = results[0].language  # detected on the first speech: kept for the rest
+        stepping_aside = False
+        for piece, result in zip(batch, results, strict=True):
+            if len(batch) > 1:
+                for segment in result.segments:
+                    run.send(segment.shifted(piece.offset, piece.end_s))
+            found = [s.shifted(piece.offset, piece.end_s) for s in result.segments if s.text.strip()]
+            found += _untranscribed_stretches(
+                manager, model, run, options, piece.pcm, result, piece.offset, piece.end_s
             )
-        if verdict != GO_ON:
+            found.sort(key=lambda s: s.start)
+            segments.extend(found)
+            verdict = _keep(run, index, duration, piece, found)
+            if verdict == STOP:
+                raise JobInterrupted
+            # Stepping aside keeps the rest of the batch first: it is decoded already.
+            stepping_aside = stepping_aside or verdict != GO_ON
+            if not stepping_aside:
+                run.progress(piece.end_s, max(duration, piece.end_s))
+        if stepping_aside:
             raise JobInterrupted
-        run.progress(end_s, max(duration, end_s))
     segments.sort(key=lambda s: s.start)
     segments = [replace(s, id=i) for i, s in enumerate(segments)]
+    run.skipped_packets = max(run.skipped_packets, stream.skipped_packets)
+    run.skipped_s = max(run.skipped_s, stream.skipped_s)
     return Result(
         text=" ".join(s.text.strip() for s in segments).strip(),
         language=run.language or request.options.language,
         duration_s=stream.seconds,
         segments=segments,
+    )
+
+
+def _keep(run: _Run, index: int, duration: float, piece: _Piece, found: list[Segment]) -> str:
+    """Hand one decoded chunk to the checkpoint sink; its verdict (GO_ON without a sink)."""
+    if run.checkpoint is None:
+        return GO_ON
+    covered = (index * duration + piece.end_s) / run.channels if duration > 0 else piece.end_s
+    return run.checkpoint(
+        {
+            "channel": index,
+            "start": round(piece.offset, 3),
+            "end": round(piece.end_s, 3),
+            "language": run.language,
+            "segments": [s.as_dict() for s in found],
+            "transcribed_s": round(covered, 3),
+        }
     )
 
 
@@ -248,15 +319,18 @@ def execute(
                 run.channel = index
                 results.append(_transcribe_stream(manager, model, run, options, index))
             report(1.0)
-            return merge_channel_results(results)
-        result = _transcribe_stream(manager, model, run, options, None)
+            return _with_skips(merge_channel_results(results), run)
+        result = _with_skips(_transcribe_stream(manager, model, run, options, None), run)
     if not extras.diarize:
         report(1.0)
         return result
-    # Speaker turns still need the whole recording's audio at once (a bounded diarizer is
-    # separate work); transcription above never does.
-    pcm = audio.decode(Path(request.audio_path))
+    # Speaker turns read the recording again, block by block: memory stays bounded here too.
+    blocks = audio.AudioStream(Path(request.audio_path), READ_BLOCK_SECONDS)
     speakers = DiarizationOptions(extras.num_speakers, extras.min_speakers, extras.max_speakers)
-    result = _warm_diarizer()(pcm, result, speakers)
+    result = _warm_diarizer().label_stream(blocks, result, speakers)
     report(1.0)
     return result
+
+
+def _with_skips(result: Result, run: _Run) -> Result:
+    return replace(result, skipped_packets=run.skipped_packets, skipped_s=run.skipped_s)

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 # Time for a fresh child to import its engine and say hello.
 START_TIMEOUT_SECONDS = 120.0
-# Pauses between restarts after crashes in a row; the count resets once a child lived this long.
+# Pauses between failed restarts in a row; the count resets once a child has loaded its model
+# (or lived this long).
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_SECONDS = 60.0
 _PR_SET_PDEATHSIG = 1
@@ -345,6 +346,9 @@ class ProcessRunner:
             try:
                 await self._spawn()
                 await self._load_default()
+                # Back and serving: the next crash starts the schedule afresh. Crash loops
+                # still slow down, since each failed start or load counts without a reset.
+                self._restart_pause.reset()
                 log.info("inference process %s is back (restart %d)", self.pid, self.restarts)
                 return
             except Exception as exc:  # the child died again, or the model would not load

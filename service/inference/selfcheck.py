@@ -32,16 +32,14 @@ changed without the unit's stop timeout following).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import ServiceError
+from service.inference.memory import MemoryReading, read_memory
 from service.inference.runner import WorkerCrashed
 from service.inference.worker import STOP_INTERRUPT_SECONDS, Worker, job_timeout
 from service.jobs.job import JobStatus
@@ -77,8 +75,6 @@ MEMORY_LIMIT_FRACTION = 0.95
 EXTEND_EVERY_SECONDS = 1.0
 EXTEND_SLACK_SECONDS = 10.0
 MIB = 1024 * 1024
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-PROC = Path("/proc")
 
 
 @dataclass(frozen=True)
@@ -94,98 +90,6 @@ class CheckResult:
 
 
 # -- memory: the tightest of the container's and the host's limits ----------------------------
-
-
-@dataclass(frozen=True)
-class MemoryReading:
-    used: int
-    limit: int
-    source: str  # "cgroup v2", "cgroup v1" or "host"
-
-    @property
-    def fraction(self) -> float:
-        return self.used / self.limit if self.limit else 0.0
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _stat_value(path: Path, key: str) -> int:
-    """A `key value` line of a cgroup memory.stat file, or 0."""
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _own_cgroup(proc: Path, controller: str) -> str | None:
-    """This process's cgroup path for a v1 controller ('memory'), or the v2 one ('')."""
-    try:
-        lines = (proc / "self" / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) == 3 and (parts[1] == controller if controller else parts[0] == "0" and not parts[1]):
-            return parts[2]
-    return None
-
-
-def _up_to(root: Path, relative: str | None) -> list[Path]:
-    """The cgroup directory and its ancestors up to `root` (a limit anywhere above binds too);
-    just `root` inside a container, whose cgroup namespace makes its own group the root."""
-    current = root / relative.strip("/") if relative else root
-    dirs = [current]
-    while current != root and root in current.parents:
-        current = current.parent
-        dirs.append(current)
-    return dirs
-
-
-def _cgroup_readings(root: Path, proc: Path) -> list[MemoryReading]:
-    readings = []
-    for folder in _up_to(root, _own_cgroup(proc, "")):  # v2: memory.max, memory.current
-        raw = (folder / "memory.max").read_text().strip() if (folder / "memory.max").is_file() else "max"
-        used = _read_int(folder / "memory.current")
-        if raw.isdigit() and used is not None:
-            # Page cache the kernel can drop under pressure is not what the OOM killer weighs.
-            used -= _stat_value(folder / "memory.stat", "inactive_file")
-            readings.append(MemoryReading(max(0, used), int(raw), "cgroup v2"))
-    v1 = root / "memory"
-    for folder in _up_to(v1, _own_cgroup(proc, "memory")):  # v1: limit_in_bytes, usage_in_bytes
-        limit = _read_int(folder / "memory.limit_in_bytes")
-        used = _read_int(folder / "memory.usage_in_bytes")
-        if limit is not None and used is not None:
-            used -= _stat_value(folder / "memory.stat", "total_inactive_file")
-            readings.append(MemoryReading(max(0, used), limit, "cgroup v1"))
-    return readings
-
-
-def read_memory(cgroup_root: Path = CGROUP_ROOT, proc: Path = PROC) -> MemoryReading:
-    """Memory in use against the limit closest to being hit. Blocking (file reads)."""
-    info: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in (proc / "meminfo").read_text().splitlines():
-            match = re.match(r"(\w+):\s+(\d+)", line)
-            if match:
-                info[match[1]] = int(match[2]) * 1024
-    total = info.get("MemTotal", 0)
-    host = MemoryReading(total - info.get("MemAvailable", total), total, "host")
-    # An unlimited cgroup reports a huge number (v1) or none (v2): only limits below the host count.
-    readings = [
-        r for r in _cgroup_readings(cgroup_root, proc) if r.limit > 0 and (not total or r.limit < total)
-    ]
-    if total:
-        readings.append(host)
-    return max(readings, key=lambda r: r.fraction)  # none at all: ValueError, a failed check
 
 
 # -- the loop -----------------------------------------------------------------------------------

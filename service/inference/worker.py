@@ -364,6 +364,17 @@ class Worker:
             self._storage_ok()
             return result
 
+    async def _note_skipped(self, job_id: str, result: Result) -> None:
+        """Damaged audio was skipped, the way players skip it: the status says how much."""
+        skipped = (
+            f"Damaged audio was skipped: {result.skipped_packets} packet(s) "
+            f"(about {result.skipped_s:.1f} s) could not be decoded; the rest is transcribed."
+        )
+        job = await self.journal.get(job_id)
+        note = f"{job.note} {skipped}" if job is not None and job.note else skipped
+        await self.journal.set_note(job_id, note)  # an earlier note's cache decision stands
+        log.warning("job %s: %s", job_id, skipped)
+
     async def _write_transcript(self, job_id: str, result: Result) -> None:
         transcript = self.layout.transcript_path(job_id)
         try:
@@ -439,6 +450,8 @@ class Worker:
         persist, job_id = self._persist, job.job_id
         try:
             result = await self._transcribe(job)
+            if result.skipped_packets:
+                await persist(lambda: self._note_skipped(job_id, result))
             await persist(lambda: self._write_transcript(job_id, result))
             if not await persist(lambda: self.journal.complete(job_id, result.language, result.duration_s)):
                 # Cancelled while its last window decoded: the result is not wanted. Or, with a
@@ -552,8 +565,19 @@ class Worker:
                 clock(checkpoints_reach(done)),
                 len(done),
             )
-        chunking = ChunkingOptions(detect_speech=self.settings.vad)
-        request = TranscribeRequest(job.job_id, str(path), job.model, options, job.options, done, chunking)
+        chunking = ChunkingOptions(
+            detect_speech=self.settings.vad, max_audio_s=self.settings.max_audio_seconds
+        )
+        request = TranscribeRequest(
+            job.job_id,
+            str(path),
+            job.model,
+            options,
+            job.options,
+            done,
+            chunking,
+            batch_size=self.settings.batch_size,
+        )
         try:
             return await self._run_with_timeout(request, job_timeout(self.settings, job.duration_s))
         except ModelUnavailable as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import zlib
 from typing import Any
 
 from service.engines.whisper_tables import (
@@ -36,8 +37,22 @@ FORMATS: dict[str, tuple[str, type[ResultWriter] | None]] = {
     "rttm": ("text/plain; charset=utf-8", None),
 }
 
-# Segment fields verbose_json carries, in OpenAI's order; absent ones (seek, speaker) are left out.
-_VERBOSE_SEGMENT_FIELDS = ("id", "seek", "start", "end", "text", "avg_logprob", "no_speech_prob", "speaker")
+# Segment fields verbose_json carries, in OpenAI's order; `speaker` only when diarized.
+_VERBOSE_SEGMENT_FIELDS = (
+    "id",
+    "seek",
+    "start",
+    "end",
+    "text",
+    "tokens",
+    "temperature",
+    "avg_logprob",
+    "compression_ratio",
+    "no_speech_prob",
+    "speaker",
+)
+# Mel frames per second: a segment's `seek` counts them.
+_FRAMES_PER_SECOND = 100
 
 
 def check_format(fmt: str) -> str:
@@ -81,16 +96,26 @@ def render(
 
 
 def verbose_json(result: dict[str, Any], task: str = "transcribe") -> dict[str, Any]:
-    """OpenAI's `verbose_json`; the flat `words` list only when the job asked for word times."""
+    """OpenAI's `verbose_json`; the flat `words` list only when the job asked for word times.
+
+    Every field of OpenAI's segment is there, so strict clients accept it: the engine's values,
+    or for results that lack them (stored by older versions) stand-ins from the segment itself.
+    No time passes the recording's end.
+    """
+    duration = result.get("duration")
+    limit = float(duration) if duration is not None else float("inf")
     segments = []
     words: list[dict[str, Any]] = []
     has_words = False
     for segment in result.get("segments", []):
-        out = {key: segment[key] for key in _VERBOSE_SEGMENT_FIELDS if segment.get(key) is not None}
+        full = {**_segment_defaults(segment), **{k: v for k, v in segment.items() if v is not None}}
+        out = {key: full[key] for key in _VERBOSE_SEGMENT_FIELDS if full.get(key) is not None}
+        out["start"] = min(float(out["start"]), limit)
+        out["end"] = max(out["start"], min(float(out["end"]), limit))
         if segment.get("words") is not None:
             has_words = True
-            out["words"] = segment["words"]
-            words.extend(segment["words"])
+            out["words"] = [_clamped(word, limit) for word in segment["words"]]
+            words.extend(out["words"])
         segments.append(out)
     body: dict[str, Any] = {
         "task": task,
@@ -102,6 +127,25 @@ def verbose_json(result: dict[str, Any], task: str = "transcribe") -> dict[str, 
     if has_words:
         body["words"] = words
     return body
+
+
+def _segment_defaults(segment: dict[str, Any]) -> dict[str, Any]:
+    """Stand-ins for the decoder's figures: the window from the start time, whisper's compression
+    ratio of the segment's own text, and neutral numbers for the rest."""
+    text = str(segment.get("text", "")).encode("utf-8")
+    return {
+        "seek": round(float(segment.get("start", 0.0)) * _FRAMES_PER_SECOND),
+        "tokens": [],
+        "temperature": 0.0,
+        "avg_logprob": 0.0,
+        "compression_ratio": len(text) / len(zlib.compress(text)) if text else 0.0,
+        "no_speech_prob": 0.0,
+    }
+
+
+def _clamped(word: dict[str, Any], limit: float) -> dict[str, Any]:
+    start = min(float(word["start"]), limit)
+    return {**word, "start": start, "end": max(start, min(float(word["end"]), limit))}
 
 
 def _without_words(segment: dict[str, Any]) -> dict[str, Any]:

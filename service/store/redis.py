@@ -48,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.backoff import Backoff
 from service.errors import StoreUnavailable
 from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task, effective_priority
-from service.store.base import JobExists
+from service.store.base import JobExists, QueueAtLimit
 from service.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,19 @@ local function requeue_or_fail(p, jk, id, max_attempts, at, message)
 end
 """
 
-# ARGV: prefix, job_id, mode (new | retry | completed), now, then field, value pairs.
-# Returns the new seq, or -1 when the id is taken (by a job that may not be replaced).
+# ARGV: prefix, job_id, mode (new | retry | completed), now, max queued (0: no limit), then
+# field, value pairs. Returns the new seq, -1 when the id is taken (by a job that may not be
+# replaced), or -2 - (jobs queued) when the queue is at its limit; then nothing changed.
 _INSERT = (
     _LUA_COMMON
     + """
-local p, id, mode, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, id, mode, now, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local jk = p .. ':job:' .. id
 local old = redis.call('HGET', jk, 'status')
+if mode ~= 'completed' and limit > 0 then
+  local queued = redis.call('ZCARD', p .. ':st:queued')
+  if queued >= limit and not (old and mode == 'new') then return -2 - queued end
+end
 if old then
   if mode == 'new' or (old ~= 'failed' and old ~= 'cancelled') then return -1 end
   redis.call('ZREM', p .. ':st:' .. old, id)
@@ -132,7 +137,7 @@ local status = 'queued'
 if mode == 'completed' then status = 'completed' end
 redis.call('HSET', jk, 'job_id', id, 'seq', seq, 'status', status, 'created_at', now,
   'progress', '0', 'attempts', '0')
-for i = 5, #ARGV, 2 do redis.call('HSET', jk, ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', jk, ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', p .. ':all', seq, id)
 redis.call('ZADD', p .. ':st:' .. status, seq, id)
 if mode == 'completed' then
@@ -253,17 +258,21 @@ return 0
 """
 )
 
-# ARGV: prefix, now, max_attempts, message. Expired leases: back to the queue or failed.
-# Returns {requeued ids..., '|', failed ids...}.
+# ARGV: prefix, now, max_attempts, message, charge (1: the run counts as an attempt).
+# Expired leases: back to the queue or failed. Returns {requeued ids..., '|', failed ids...}.
 _RECLAIM = (
     _LUA_COMMON
     + """
 local p, now, max_attempts, message = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local charge = ARGV[5] == '1'
 local expired = redis.call('ZRANGEBYSCORE', p .. ':leases', '-inf', now_ms(), 'LIMIT', 0, 100)
 local requeued, failed = {}, {}
 for _, id in ipairs(expired) do
   local jk = p .. ':job:' .. id
   if redis.call('HGET', jk, 'status') == 'processing' then
+    if not charge and (tonumber(redis.call('HGET', jk, 'attempts')) or 0) > 0 then
+      redis.call('HINCRBY', jk, 'attempts', -1)
+    end
     if requeue_or_fail(p, jk, id, max_attempts, now, message) == 2 then
       failed[#failed + 1] = id
     else
@@ -464,6 +473,7 @@ class RedisJobStore:
         self.priority_aging_s = priority_aging_s
         self.lease_s = lease_s
         self.max_attempts = max_attempts
+        self.charge_interrupted = True  # whether a run whose lease expired counts as an attempt
         self.instance_id = instance_id or default_instance_id()
         self.end_write_retry_s = END_WRITE_RETRY_SECONDS
         self.on_lease_lost: Callable[[str, str], None] | None = None
@@ -648,7 +658,8 @@ class RedisJobStore:
 
     async def reclaim_expired(self) -> tuple[list[str], list[str]]:
         """Jobs whose instance stopped renewing: back to the queue, or failed past the limit."""
-        out = await self._script("reclaim", repr(time.time()), self.max_attempts, _CRASHED)
+        charge = "1" if self.charge_interrupted else "0"
+        out = await self._script("reclaim", repr(time.time()), self.max_attempts, _CRASHED, charge)
         split = out.index("|")
         requeued, failed = list(out[:split]), list(out[split + 1 :])
         if requeued:
@@ -752,21 +763,33 @@ class RedisJobStore:
         return [job for job in await self._get_many(job_ids) if job.status.finished]
 
     # -- writes ---------------------------------------------------------------------------
-    async def _insert(self, new: NewJob, mode: str, extra: list[str] | None = None) -> Job:
-        seq = await self._script(
-            "insert", new.job_id, mode, repr(time.time()), *_new_job_fields(new), *(extra or [])
+    async def _insert(
+        self, new: NewJob, mode: str, extra: list[str] | None = None, max_queued: int = 0
+    ) -> Job:
+        seq = int(
+            await self._script(
+                "insert",
+                new.job_id,
+                mode,
+                repr(time.time()),
+                max_queued,
+                *_new_job_fields(new),
+                *(extra or []),
+            )
         )
-        if int(seq) < 0:
+        if seq == -1:
             raise JobExists(new.job_id)
+        if seq < -1:
+            raise QueueAtLimit(-2 - seq)
         job = await self.get(new.job_id)
         assert job is not None  # just inserted; only retention removes jobs, and not queued ones
         return job
 
-    async def insert(self, new: NewJob) -> Job:
-        return await self._insert(new, "new")
+    async def insert(self, new: NewJob, max_queued: int = 0) -> Job:
+        return await self._insert(new, "new", max_queued=max_queued)
 
-    async def replace_failed(self, new: NewJob) -> Job:
-        return await self._insert(new, "retry")
+    async def replace_failed(self, new: NewJob, max_queued: int = 0) -> Job:
+        return await self._insert(new, "retry", max_queued=max_queued)
 
     async def insert_completed(self, new: NewJob, source: Job, note: str) -> Job:
         extra = ["note", note]
@@ -870,9 +893,14 @@ class RedisJobStore:
         flat = await self._script("cancel", job_id, repr(time.time()))
         return _job_from_hash(_pairs_to_dict(flat)) if flat else None
 
-    async def recover_interrupted(self, max_attempts: int) -> tuple[list[str], list[str]]:
-        """At start: only jobs whose lease expired; the others' instances are still running them."""
+    async def recover_interrupted(
+        self, max_attempts: int, charge: bool = True
+    ) -> tuple[list[str], list[str]]:
+        """At start: only jobs whose lease expired; the others' instances are still running them.
+
+        `charge` also holds for the sweeps that follow (see the SQLite journal's)."""
         self.max_attempts = max_attempts
+        self.charge_interrupted = charge
         try:
             return await self.reclaim_expired()
         except StoreUnavailable:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from service.errors import ServiceError, StorageFull, StoreUnavailable
 from service.jobs.job import URGENT, Job, JobOptions, JobStatus, NewJob, Task
-from service.store.base import JobExists
+from service.store.base import JobExists, QueueAtLimit
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,18 @@ def _insert(conn: sqlite3.Connection, new: NewJob) -> Job:
     job = _fetch(conn, new.job_id)
     assert job is not None  # inserted just above, in this transaction
     return job
+
+
+def _check_room(conn: sqlite3.Connection, max_queued: int) -> None:
+    """Just after the insert, in its transaction (the journal has one writer, so nothing comes
+    between): past the limit, the exception rolls the insert back."""
+    if not max_queued:
+        return
+    (queued,) = conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
+    ).fetchone()
+    if queued > max_queued:
+        raise QueueAtLimit(queued - 1)
 
 
 def _requeue_or_fail(
@@ -308,14 +320,20 @@ class SqliteJobStore:
         return await self._run(op)
 
     # -- writes -------------------------------------------------------------------------
-    async def insert(self, new: NewJob) -> Job:
-        """Add a queued job. Raises JobExists if the id is taken."""
+    async def insert(self, new: NewJob, max_queued: int = 0) -> Job:
+        """Add a queued job. Raises JobExists if the id is taken, QueueAtLimit if the queue is."""
+
+        def op(conn: sqlite3.Connection) -> Job:
+            job = _insert(conn, new)  # a taken id fails first: the same upload again is no overflow
+            _check_room(conn, max_queued)
+            return job
+
         try:
-            return await self._run(lambda conn: _insert(conn, new))
+            return await self._run(op)
         except sqlite3.IntegrityError:
             raise JobExists(new.job_id) from None
 
-    async def replace_failed(self, new: NewJob) -> Job:
+    async def replace_failed(self, new: NewJob, max_queued: int = 0) -> Job:
         """Queue a failed job afresh, at the back of the queue with its attempts reset."""
 
         def op(conn: sqlite3.Connection) -> Job:
@@ -325,7 +343,9 @@ class SqliteJobStore:
             ).rowcount
             if deleted != 1:
                 raise JobExists(new.job_id)
-            return _insert(conn, new)
+            job = _insert(conn, new)
+            _check_room(conn, max_queued)
+            return job
 
         return await self._run(op)
 
@@ -617,9 +637,14 @@ class SqliteJobStore:
 
         return await self._run(op)
 
-    async def recover_interrupted(self, max_attempts: int) -> tuple[list[str], list[str]]:
+    async def recover_interrupted(
+        self, max_attempts: int, charge: bool = True
+    ) -> tuple[list[str], list[str]]:
         """After a crash: jobs left `processing` go back to the queue, or fail past the limit.
 
+        `charge=False`: the run does not count as an attempt (the service was killed from
+        outside while inference ran in its own process, which is not the job's doing), so the
+        job is requeued whatever its count.
         Only safe while this process is the journal's sole user (the storage lock ensures it).
         Returns (requeued ids, failed ids).
         """
@@ -632,7 +657,14 @@ class SqliteJobStore:
             requeued, failed = [], []
             now = time.time()
             for job_id, attempts in rows:
-                if _requeue_or_fail(conn, job_id, attempts, max_attempts, now):
+                if not charge:
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, progress = 0, started_at = NULL, "
+                        "attempts = MAX(attempts - 1, 0) WHERE job_id = ?",
+                        (JobStatus.QUEUED.value, job_id),
+                    )
+                    requeued.append(job_id)
+                elif _requeue_or_fail(conn, job_id, attempts, max_attempts, now):
                     failed.append(job_id)
                 else:
                     requeued.append(job_id)

@@ -42,7 +42,8 @@ def parse_statuses(raw: str | None) -> list[JobStatus]:
     if not raw:
         return []
     try:
-        return [JobStatus(part.strip().lower()) for part in raw.split(",") if part.strip()]
+        # An empty name ("queued," or ",,") is a mistake too: it matches no status.
+        return [JobStatus(part.strip().lower()) for part in raw.split(",")]
     except ValueError:
         names = ", ".join(s.value for s in JobStatus)
         raise BadRequest(f"status must be one or more of {names} (comma-separated), not {raw!r}.") from None
@@ -76,6 +77,20 @@ def _median_rtf(speeds: list[tuple[float, float]]) -> float | None:
 
 def _remaining_s(job: Job, rtf: float) -> float:
     return max(0.0, (1.0 - job.progress) * (job.duration_s or 0.0) * rtf)
+
+
+async def queue_full(store: JobStore, queued: int, limit: int, workers: int) -> QueueFull:
+    """The 429 for a full queue, with a Retry-After estimated from recent jobs' speed."""
+    speeds = await store.recent_speeds()
+    rtf = _median_rtf(speeds) or ASSUMED_RTF
+    typical = median(a for a, _ in speeds) if speeds else ASSUMED_JOB_AUDIO_S
+    # One queue place frees up each time a job finishes: about one typical job's time per worker.
+    retry = math.ceil(typical * rtf / workers)
+    retry = max(RETRY_AFTER_MIN_S, min(RETRY_AFTER_MAX_S, retry))
+    return QueueFull(
+        f"The queue is full ({queued} jobs waiting, limit {limit}); send the upload again in {retry} s.",
+        headers={"Retry-After": str(retry)},
+    )
 
 
 class JobControl:
@@ -130,23 +145,14 @@ class JobControl:
             )
 
     async def check_queue_room(self) -> None:
-        """Backpressure: refuse an upload while the queue is at its limit, before its body is read."""
+        """Backpressure: refuse an upload while the queue is at its limit, before its body is read.
+
+        The store checks again as it inserts (atomically), for uploads that raced past here."""
         if not self.max_queue:
             return
         queued = await self.store.count(JobStatus.QUEUED)
-        if queued < self.max_queue:
-            return
-        speeds = await self.store.recent_speeds()
-        rtf = _median_rtf(speeds) or ASSUMED_RTF
-        typical = median(a for a, _ in speeds) if speeds else ASSUMED_JOB_AUDIO_S
-        # One queue place frees up each time a job finishes: about one typical job's time per worker.
-        retry = math.ceil(typical * rtf / self.workers)
-        retry = max(RETRY_AFTER_MIN_S, min(RETRY_AFTER_MAX_S, retry))
-        raise QueueFull(
-            f"The queue is full ({queued} jobs waiting, limit {self.max_queue}); "
-            f"send the upload again in {retry} s.",
-            headers={"Retry-After": str(retry)},
-        )
+        if queued >= self.max_queue:
+            raise await queue_full(self.store, queued, self.max_queue, self.workers)
 
     async def cancel(self, job_id: str) -> Cancelled:
         """A queued job ends at once; a running one stops at its next window."""

@@ -18,18 +18,20 @@ from pathlib import Path
 
 from service.engines.base import ModelCatalog
 from service.engines.whisper_tables import LANGUAGES, TO_LANGUAGE_CODE
-from service.errors import BadRequest, InvalidAudio, JobConflict, ServiceUnavailable
+from service.errors import AudioTooLong, BadRequest, InvalidAudio, JobConflict, ServiceUnavailable
 from service.inference import audio
 from service.jobs import cache
 from service.jobs import events as ev
 from service.jobs.events import JobEvents
 from service.jobs.job import JOB_ID_PATTERN, Job, JobOptions, JobStatus, NewJob, Task, parse_priority
+from service.jobs.view import clock
 from service.jobs.watch import JobWatch
 from service.settings import Settings
 from service.store import files as storage
-from service.store.base import JobExists, JobStore
+from service.store.base import JobExists, JobStore, QueueAtLimit
 from service.store.files import Layout, ReceivedUpload
-from service.webhooks.dispatcher import check_callback_url
+from service.usecases.control import queue_full
+from service.webhooks.targets import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,13 @@ class Submissions:
                 raise InvalidAudio("The uploaded file is empty.")
             loop = asyncio.get_running_loop()
             info = await loop.run_in_executor(None, audio.probe, upload.path)
+            limit = self.settings.max_audio_seconds
+            if limit and info.duration_s is not None and info.duration_s > limit:
+                raise AudioTooLong(
+                    f"The recording is {clock(info.duration_s)} long; this service takes at most "
+                    f"{clock(limit)} (--max-audio-seconds {limit:g}). Split it, or ask the operator "
+                    "to raise the limit."
+                )
             if request.options.split_channels and info.channels < 2:
                 raise BadRequest(
                     "channels=split needs a recording with two or more channels; this one is mono."
@@ -307,14 +316,17 @@ class Submissions:
                 return cached, True
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, storage.commit_upload, upload, layout.audio_path(audio_file))
+            limit = self.settings.max_queue
             try:
-                job = await (store.replace_failed(new) if retry else store.insert(new))
+                job = await (store.replace_failed(new, limit) if retry else store.insert(new, limit))
             except Exception as exc:
                 # A retry's audio file may be the failed job's, byte for byte: keep that one.
                 if existing is None or existing.audio_file != audio_file:
                     await layout.remove_job_files_async(audio_file)
                 if isinstance(exc, JobExists):  # another instance stored this id meanwhile
                     return await self._lost_race(new, request), False
+                if isinstance(exc, QueueAtLimit):  # uploads that raced past the early check
+                    raise await queue_full(store, exc.queued, limit, self.settings.workers) from None
                 raise
             if existing is not None and existing.audio_file != audio_file:
                 await layout.remove_job_files_async(existing.audio_file)

@@ -26,15 +26,20 @@ MAX_WAIT_SECONDS = 60.0
 
 
 def wait_seconds(raw: str | None) -> float:
-    """A client's `wait` parameter, capped at MAX_WAIT_SECONDS."""
+    """A client's `wait` parameter: any number of seconds from 0 up, `inf` included, is cut to
+    MAX_WAIT_SECONDS (a client asking for longer gets the longest there is); NaN, a negative
+    number and text are refused."""
     if raw is None or raw == "":
         return 0.0
     try:
         seconds = float(raw)
     except ValueError:
         raise BadRequest(f"wait must be a number of seconds, got {raw!r}.") from None
-    if not 0 <= seconds < float("inf"):
-        raise BadRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds, got {raw!r}.")
+    if not seconds >= 0:  # also NaN, which compares false with everything
+        raise BadRequest(
+            f"wait must be a number of seconds from 0 up (at most {MAX_WAIT_SECONDS:g} are used), "
+            f"got {raw!r}."
+        )
     return min(seconds, MAX_WAIT_SECONDS)
 
 

@@ -4,8 +4,10 @@ Deliveries are kept where the jobs are (service/webhooks/deliveries.py: the SQLi
 `webhook_deliveries` table, or Redis shared by many instances), written before the first
 attempt, so a restart resumes them; start-up (and every IDLE_POLL_SECONDS) also adds
 deliveries for jobs that ended while none could be written (the process died in between).
-This module is the dispatcher: the HTTP, the signing and the backoff. Delivery is at least
-once: receivers deduplicate on `X-Webhook-Id`. docs/webhooks.md is the receiver's side.
+This module is the dispatcher: the HTTP, the signing and the backoff; service/webhooks/targets.py
+keeps it off internal addresses (its DNS drops them; a delivery left with none is given up).
+Delivery is at least once: receivers deduplicate on `X-Webhook-Id`. docs/webhooks.md is the
+receiver's side.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
 
 from service import __version__, logs
 from service.backoff import Backoff
-from service.errors import BadRequest, StoreUnavailable
+from service.errors import StoreUnavailable
 from service.jobs import events as ev
 from service.jobs.events import JobEvent, JobEvents
 from service.jobs.job import JobStatus
@@ -43,6 +46,7 @@ from service.webhooks.deliveries import (
     Delivery,
     DeliveryStore,
 )
+from service.webhooks.targets import ForbiddenTarget, GuardedResolver, url_refusal
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +61,6 @@ MAX_CONCURRENT = 8
 IDLE_POLL_SECONDS = 60.0
 
 USER_AGENT = f"whisper-transcription-service/{__version__}"
-
-
-def check_callback_url(url: str, settings: Settings) -> None:
-    """Refuse at upload what could never be delivered, or points where the operator forbids."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        raise BadRequest(f"callback_url {url!r} is not a valid URL.") from None
-    if parts.scheme not in ("http", "https"):
-        raise BadRequest("callback_url must be an absolute http:// or https:// URL.")
-    if not host:
-        raise BadRequest("callback_url has no host; send an absolute URL such as https://example.com/hook.")
-    allowed = settings.webhook_allowed_hosts
-    if allowed and host.lower() not in allowed:
-        raise BadRequest(
-            f"callback_url host {host!r} is not allowed here; allowed hosts: {', '.join(allowed)}."
-        )
 
 
 def claim_lease_seconds(settings: Settings) -> float:
@@ -116,6 +101,8 @@ class WebhookDispatcher:
         self.store = store
         self.backoff_base = BACKOFF_BASE_SECONDS  # tests shorten it
         self.backoff_cap = BACKOFF_CAP_SECONDS
+        self.resolver: AbstractResolver | None = None  # DNS; tests substitute a stub
+        self._session_resolver: AbstractResolver | None = None
         self._wake = asyncio.Event()
         self._running = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -135,7 +122,9 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         await self.store.setup()
-        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": USER_AGENT}, connector=aiohttp.TCPConnector(resolver=self._resolver())
+        )
         self._running = True  # from here on, endings get deliveries; reconcile covers the ones before
         reconciled = True
         try:
@@ -160,6 +149,17 @@ class WebhookDispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._session_resolver is not None:  # a connector does not close a resolver it was given
+            await self._session_resolver.close()
+            self._session_resolver = None
+
+    def _resolver(self) -> AbstractResolver:
+        """The session's DNS: unless private targets are allowed, it drops refused addresses."""
+        resolver = self.resolver or DefaultResolver()
+        if not self.settings.webhook_allow_private:
+            resolver = GuardedResolver(resolver)
+        self._session_resolver = resolver
+        return resolver
 
     # -- deliveries -------------------------------------------------------------------------
     def _on_event(self, event: JobEvent) -> None:
@@ -252,6 +252,10 @@ class WebhookDispatcher:
 
     async def _deliver(self, delivery: Delivery) -> None:
         attempt = delivery.attempts + 1
+        refused = None if self.settings.webhook_allow_private else url_refusal(delivery.url)
+        if refused is not None:  # aiohttp connects to an IP literal without asking the resolver
+            await self._refuse(delivery, attempt, refused)
+            return
         result: dict[str, Any] | None = None
         if delivery.payload["status"] == JobStatus.COMPLETED.value:
             path = self.layout.transcript_path(delivery.job_id)
@@ -290,6 +294,11 @@ class WebhookDispatcher:
                     error = f"HTTP {status}"
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ForbiddenTarget):  # what DNS said is not for webhooks
+                await self._refuse(delivery, attempt, str(exc.os_error))
+                return
+            error = f"{type(exc).__name__}: {exc}"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}"
 
@@ -326,3 +335,8 @@ class WebhookDispatcher:
             error,
             retry_at - now,
         )
+
+    async def _refuse(self, delivery: Delivery, attempt: int, why: str) -> None:
+        """A target webhooks may not reach: given up at once (it would be refused every time)."""
+        await self.store.record(delivery, attempt, GIVEN_UP, None, why)
+        log.warning("job %s: webhook %s given up: %s", delivery.job_id, delivery.delivery_id, why)
