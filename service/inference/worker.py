@@ -236,7 +236,9 @@ class Worker:
         if job_id in self._cancelled or job_id in self._lost:
             return STOP
         job = self._running.get(job_id)
-        kept = dict(chunk, attempt=job.attempts) if job is not None else dict(chunk)
+        # Which run decoded it: the attempt, and the run's start (a whole-service kill is not
+        # charged, so two runs can share an attempt number).
+        kept = dict(chunk, attempt=job.attempts, run=job.started_at) if job is not None else dict(chunk)
         try:
             if not await self.journal.save_checkpoint(job_id, kept):
                 return STOP
