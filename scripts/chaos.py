@@ -419,14 +419,14 @@ def part_inference(service: Service, quick: bool, rng: random.Random) -> Row:
                 _, again = service.health()
                 if again.get("processing") != running or again.get("worker_pid") != pid:
                     continue
+                before = session.get(f"{service.url}/status/{running}", timeout=10).json()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 # The runner starts a new child and reloads the model; wait for it.
                 wait_health(service, 200, 120, lambda b, pid=pid: b.get("worker_pid") not in (None, pid))
                 body = session.get(f"{service.url}/status/{running}", timeout=10).json()
-                if body.get("status") == "completed":
-                    # Its result was in when we looked: the kill came as it finished (not
-                    # charged), or the rerun after it was quicker than the restart wait.
+                if body.get("status") == "completed" and body.get("attempts") == before.get("attempts"):
+                    # Its result was in and no run was charged: the kill came as it finished.
                     late += 1
                     late_of[running] = late_of.get(running, 0) + 1
                 else:
